@@ -1,0 +1,290 @@
+use super::*;
+use crate::clock::ManualClock;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use std::sync::atomic::AtomicUsize;
+use std::time::UNIX_EPOCH;
+
+/// A source whose tokens live `lifetime` on the given clock, counting acquisitions, and that
+/// can be told to fail.
+#[derive(Debug)]
+struct Counting {
+    clock: ManualClock,
+    lifetime: Duration,
+    calls: AtomicUsize,
+    fail: AtomicBool,
+    delay: Duration,
+}
+
+impl Counting {
+    fn new(clock: &ManualClock, lifetime: Duration) -> Arc<Self> {
+        Arc::new(Counting {
+            clock: clock.clone(),
+            lifetime,
+            calls: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+            delay: Duration::from_millis(20),
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Source for Counting {
+    async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(self.delay).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::new("counting", ErrorKind::Unavailable("told to fail".into())));
+        }
+        let now = self.clock.now();
+        Ok(Token::new(Secret::new(format!("tok-{n}")), "counting")
+            .acquired_at(now)
+            .expires_at(now + self.lifetime))
+    }
+    fn kind(&self) -> &'static str {
+        "counting"
+    }
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+fn lazy() -> CacheOptions {
+    CacheOptions {
+        background_refresh: false,
+        negative_ttl: Duration::ZERO,
+    }
+}
+
+fn setup(lifetime: Duration) -> (ManualClock, Arc<Counting>, CacheEntry) {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let src = Counting::new(&clock, lifetime);
+    let cache = Cache::new(src.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_options(lazy());
+    let entry = cache.entry(TokenRequest::new("p"));
+    (clock, src, entry)
+}
+
+fn secret(t: &CachedToken) -> String {
+    t.token().secret().expose().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_at_expiry() {
+    let (clock, src, entry) = setup(Duration::from_secs(60));
+    entry.get().await.unwrap();
+    assert_eq!(src.calls(), 1);
+    clock.advance(Duration::from_secs(61));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let e = entry.clone();
+        tasks.push(tokio::spawn(async move { e.get().await.map(|t| secret(&t)) }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), "tok-2");
+    }
+    assert_eq!(src.calls(), 2, "1000 concurrent gets at expiry → exactly one acquisition");
+}
+
+#[tokio::test]
+async fn hot_path_does_not_acquire() {
+    let (clock, src, entry) = setup(Duration::from_secs(3600));
+    let first = entry.get().await.unwrap();
+    for _ in 0..100 {
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(entry.try_get().unwrap().generation(), first.generation());
+    }
+    assert_eq!(src.calls(), 1);
+}
+
+#[tokio::test]
+async fn refresh_window_triggers_background_refresh_and_serves_old_token() {
+    let (clock, src, entry) = setup(Duration::from_secs(9));
+    let first = entry.get().await.unwrap();
+    assert_eq!(secret(&first), "tok-1");
+    // 9 s lifetime → refresh window 3 s (+≤10% jitter): at 6.5 s we are inside it.
+    clock.advance(Duration::from_millis(6_500));
+    let t = entry.get().await.unwrap();
+    assert_eq!(secret(&t), "tok-1", "the valid token is served while refreshing");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(src.calls(), 2);
+    assert_eq!(secret(&entry.get().await.unwrap()), "tok-2");
+}
+
+#[tokio::test]
+async fn failed_refresh_keeps_serving_valid_token() {
+    let (clock, src, entry) = setup(Duration::from_secs(9));
+    entry.get().await.unwrap();
+    src.fail.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_millis(6_500));
+    assert_eq!(secret(&entry.get().await.unwrap()), "tok-1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(src.calls(), 2);
+    // Still valid: still served, even though the refresh failed.
+    assert_eq!(secret(&entry.get().await.unwrap()), "tok-1");
+    let st = entry.status();
+    assert_eq!(st.failures, 1);
+    assert!(st.valid);
+    assert!(st.last_error.unwrap().1.contains("told to fail"));
+    // An explicit refresh before a long request falls back to the valid token too.
+    let t = entry.get_with_min_remaining(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(secret(&t), "tok-1");
+}
+
+#[tokio::test]
+async fn failure_while_expired_is_an_error_never_a_stale_token() {
+    let (clock, src, entry) = setup(Duration::from_secs(9));
+    entry.get().await.unwrap();
+    src.fail.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(10));
+    assert!(entry.try_get().is_none());
+    let err = entry.get().await.unwrap_err();
+    assert!(err.to_string().contains("told to fail"), "{err}");
+    assert!(!entry.status().valid);
+    // Recovery once the source works again.
+    src.fail.store(false, Ordering::SeqCst);
+    assert_eq!(secret(&entry.get().await.unwrap()), "tok-3");
+}
+
+#[tokio::test]
+async fn negative_ttl_answers_bursts_from_memory() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let src = Counting::new(&clock, Duration::from_secs(60));
+    src.fail.store(true, Ordering::SeqCst);
+    let cache = Cache::new(src.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_options(CacheOptions {
+            background_refresh: false,
+            negative_ttl: Duration::from_secs(1),
+        });
+    let entry = cache.entry(TokenRequest::new("p"));
+    for _ in 0..10 {
+        assert!(entry.get().await.is_err());
+    }
+    assert_eq!(src.calls(), 1);
+    clock.advance(Duration::from_secs(2));
+    assert!(entry.get().await.is_err());
+    assert_eq!(src.calls(), 2);
+}
+
+#[tokio::test]
+async fn invalidate_by_generation() {
+    let (_clock, src, entry) = setup(Duration::from_secs(3600));
+    let g1 = entry.get().await.unwrap().generation();
+    assert!(entry.invalidate(g1));
+    let t2 = entry.get().await.unwrap();
+    assert_eq!(secret(&t2), "tok-2");
+    // A late 401 for the old generation does not drop the new token.
+    assert!(!entry.invalidate(g1));
+    assert_eq!(entry.get().await.unwrap().generation(), t2.generation());
+    assert_eq!(src.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_401s_causes_one_reacquisition() {
+    let (_clock, src, entry) = setup(Duration::from_secs(3600));
+    let g1 = entry.get().await.unwrap().generation();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let e = entry.clone();
+        tasks.push(tokio::spawn(async move {
+            e.invalidate(g1);
+            e.get().await.map(|t| t.generation())
+        }));
+    }
+    for t in tasks {
+        assert_ne!(t.await.unwrap().unwrap(), g1);
+    }
+    assert_eq!(src.calls(), 2);
+}
+
+#[tokio::test]
+async fn min_remaining_refreshes_first() {
+    let (clock, src, entry) = setup(Duration::from_secs(600));
+    entry.get().await.unwrap();
+    // 600 s lifetime: refresh window 200 s is capped to… min(300, 200) = 200 s; min_remaining
+    // 120 s. At 500 s, 100 s remain < 120 s → refresh before answering.
+    clock.advance(Duration::from_secs(500));
+    let t = entry.get_with_min_remaining(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(secret(&t), "tok-2");
+    assert_eq!(src.calls(), 2);
+}
+
+#[tokio::test]
+async fn tokens_without_expiry_are_not_cached() {
+    #[derive(Debug)]
+    struct Bare(AtomicUsize);
+    #[async_trait]
+    impl Source for Bare {
+        async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Token::new(Secret::new(format!("bare-{n}")), "bare"))
+        }
+        fn kind(&self) -> &'static str {
+            "bare"
+        }
+        fn describe(&self) -> String {
+            "bare".into()
+        }
+    }
+    let src = Arc::new(Bare(AtomicUsize::new(0)));
+    let entry = Cache::new(src.clone()).entry(TokenRequest::new("p"));
+    assert_eq!(secret(&entry.get().await.unwrap()), "bare-0");
+    assert_eq!(secret(&entry.get().await.unwrap()), "bare-1");
+    assert!(entry.status().valid);
+}
+
+#[tokio::test]
+async fn entries_are_partitioned_by_provider_and_scope() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let src = Counting::new(&clock, Duration::from_secs(3600));
+    let cache = Cache::new(src.clone()).with_clock(Arc::new(clock)).with_options(lazy());
+    let a = cache.entry(TokenRequest::new("a").with_scope(Some("s1")));
+    let b = cache.entry(TokenRequest::new("a").with_scope(Some("s2")));
+    let c = cache.entry(TokenRequest::new("c"));
+    let ga = a.get().await.unwrap().generation();
+    b.get().await.unwrap();
+    c.get().await.unwrap();
+    assert_eq!(src.calls(), 3);
+    // invalidating one never touches another
+    assert!(a.invalidate(ga));
+    assert!(b.try_get().is_some());
+    assert!(c.try_get().is_some());
+    assert_eq!(cache.status().len(), 3);
+}
+
+#[tokio::test]
+async fn background_refresher_renews_without_traffic() {
+    // Real time: a 1.5 s token is refreshed by the background task after ~1 s.
+    let src = Counting::new(&ManualClock::new(UNIX_EPOCH), Duration::from_secs(0));
+    drop(src);
+    #[derive(Debug)]
+    struct Short(AtomicUsize);
+    #[async_trait]
+    impl Source for Short {
+        async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            let now = SystemTime::now();
+            Ok(Token::new(Secret::new(format!("s-{n}")), "short")
+                .acquired_at(now)
+                .expires_at(now + Duration::from_millis(1500)))
+        }
+        fn kind(&self) -> &'static str {
+            "short"
+        }
+        fn describe(&self) -> String {
+            "short".into()
+        }
+    }
+    let src = Arc::new(Short(AtomicUsize::new(0)));
+    let entry = Cache::new(src.clone()).entry(TokenRequest::new("p"));
+    entry.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    let n = src.0.load(Ordering::SeqCst);
+    assert!((3..=5).contains(&n), "expected ~3 background refreshes in 3.3 s, got {n}");
+    assert!(entry.try_get().is_some(), "a valid token is held without any traffic");
+}

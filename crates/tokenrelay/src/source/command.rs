@@ -1,0 +1,333 @@
+//! Runs a command and reads the token from its stdout.
+//!
+//! The command runs in a process group of its own with stdin closed; when it times out or the
+//! acquisition is cancelled, the whole group is killed (`SIGKILL`), so a wrapper script's
+//! grandchildren die with it. The last line of stderr goes into the error on failure.
+
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::output::{self, OutputFormat};
+use super::{Fingerprint, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
+use crate::error::{one_line, Error, ErrorKind, Result};
+use crate::token::Token;
+
+/// Most of stdout/stderr we keep (1 MiB each); the rest is drained and dropped.
+const MAX_OUTPUT: u64 = 1024 * 1024;
+
+/// After the command exits, how long its pipes may stay open (held by a background
+/// grandchild) before the group is killed (500 ms).
+const PIPE_GRACE: Duration = Duration::from_millis(500);
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A shell command line, run as `sh -c LINE`.
+    Shell(String),
+    /// A program and its arguments, run directly (no shell).
+    Argv(Vec<String>),
+}
+
+/// A source that runs a command for each acquisition.
+///
+/// The command sees `TOKENRELAY_PROVIDER` and `TOKENRELAY_SCOPE` (when the request has a
+/// scope) in its environment, besides everything tokenrelay inherited.
+#[derive(Debug, Clone)]
+pub struct CommandSource {
+    program: Program,
+    format: OutputFormat,
+    timeout: Duration,
+    default_ttl: Duration,
+}
+
+impl CommandSource {
+    /// A source that runs `program`.
+    pub fn new(program: Program) -> Self {
+        CommandSource {
+            program,
+            format: OutputFormat::Auto,
+            timeout: DEFAULT_SOURCE_TIMEOUT,
+            default_ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// Runs `line` with `sh -c`.
+    pub fn shell(line: impl Into<String>) -> Self {
+        Self::new(Program::Shell(line.into()))
+    }
+
+    /// How to parse stdout (default: auto).
+    #[must_use]
+    pub fn with_format(mut self, format: OutputFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How long the command may run (default 30 s).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Lifetime assumed when the output states none.
+    #[must_use]
+    pub fn with_default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    fn program_name(&self) -> &str {
+        match &self.program {
+            Program::Shell(line) => line.split_whitespace().next().unwrap_or(""),
+            Program::Argv(argv) => argv.first().map(String::as_str).unwrap_or(""),
+        }
+    }
+
+    fn err(&self, kind: ErrorKind) -> Error {
+        Error::new(self.describe(), kind)
+    }
+
+    fn command(&self, req: &TokenRequest) -> Result<Command> {
+        let mut cmd = match &self.program {
+            Program::Shell(line) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(line);
+                c
+            }
+            Program::Argv(argv) => {
+                let (prog, args) = argv.split_first().ok_or_else(|| {
+                    Error::config(self.describe(), "the command's argument list is empty")
+                })?;
+                let mut c = Command::new(prog);
+                c.args(args);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .env("TOKENRELAY_PROVIDER", req.provider());
+        if let Some(scope) = req.scope() {
+            cmd.env("TOKENRELAY_SCOPE", scope);
+        }
+        Ok(cmd)
+    }
+}
+
+/// Kills a process group when dropped, unless disarmed.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // ESRCH (already gone) is fine.
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn read_bounded<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = (&mut r).take(MAX_OUTPUT).read_to_end(&mut buf).await;
+    // Drain the rest so the writer never blocks on a full pipe.
+    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+    buf
+}
+
+#[async_trait]
+impl Source for CommandSource {
+    #[tracing::instrument(skip_all, fields(source = %self.describe()))]
+    async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
+        let mut child = self.command(req)?.spawn().map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (is it installed and on PATH?)"
+            } else {
+                ""
+            };
+            self.err(ErrorKind::CommandFailed(format!(
+                "cannot run `{}`: {e}{hint}",
+                self.program_name()
+            )))
+        })?;
+        let mut guard = GroupGuard(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .map(Pid::from_raw),
+        );
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let out_task = tokio::spawn(async move {
+            match stdout {
+                Some(s) => read_bounded(s).await,
+                None => Vec::new(),
+            }
+        });
+        let err_task = tokio::spawn(async move {
+            match stderr {
+                Some(s) => read_bounded(s).await,
+                None => Vec::new(),
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => {
+                return Err(self.err(ErrorKind::CommandFailed(format!("waiting for the command: {e}"))))
+            }
+            Err(_) => {
+                guard.kill();
+                tracing::debug!("command timed out; process group killed");
+                return Err(self.err(ErrorKind::Timeout(self.timeout)));
+            }
+        };
+        // The command is done; a background grandchild may still hold the pipes open.
+        let pipes = async { (out_task.await, err_task.await) };
+        tokio::pin!(pipes);
+        let (out, err) = match tokio::time::timeout(PIPE_GRACE, &mut pipes).await {
+            Ok(r) => r,
+            Err(_) => {
+                guard.kill();
+                pipes.await
+            }
+        };
+        guard.kill();
+        let stdout = out.unwrap_or_default();
+        let stderr = err.unwrap_or_default();
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            status = ?status.code(),
+            stdout_bytes = stdout.len(),
+            "command finished"
+        );
+        if !status.success() {
+            let stderr_text = String::from_utf8_lossy(&stderr);
+            let detail = one_line(&stderr_text, 200);
+            let how = match status.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_owned(),
+            };
+            let msg = if detail.is_empty() {
+                how
+            } else {
+                format!("{how}: {detail}")
+            };
+            return Err(self.err(ErrorKind::CommandFailed(msg)));
+        }
+        let text = String::from_utf8(stdout).map_err(|e| {
+            self.err(ErrorKind::InvalidResponse(format!(
+                "output is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            )))
+        })?;
+        let parsed = output::parse(&text, self.format)
+            .map_err(|e| self.err(ErrorKind::InvalidResponse(e)))?;
+        Ok(parsed.into_token(&self.describe(), SystemTime::now(), Some(self.default_ttl)))
+    }
+
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn describe(&self) -> String {
+        format!("command source `{}`", self.program_name())
+    }
+
+    fn timeout(&self) -> Duration {
+        // The command enforces its own limit (and kills the group); the outer one is a backstop.
+        self.timeout + Duration::from_secs(1)
+    }
+
+    fn fingerprint(&self, fp: &mut Fingerprint) -> Result<()> {
+        fp.add("kind", b"command");
+        match &self.program {
+            Program::Shell(line) => fp.add("sh", line.as_bytes()),
+            Program::Argv(argv) => {
+                for a in argv {
+                    fp.add("arg", a.as_bytes());
+                }
+            }
+        }
+        fp.add("format", format!("{:?}", self.format).as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> TokenRequest {
+        TokenRequest::new("p").with_scope(Some("s1"))
+    }
+
+    #[tokio::test]
+    async fn reads_stdout_and_sees_request() {
+        let src = CommandSource::shell(r#"printf 'tok-%s-%s\n' "$TOKENRELAY_PROVIDER" "$TOKENRELAY_SCOPE""#);
+        let t = src.acquire(&req()).await.unwrap();
+        assert_eq!(t.secret().expose(), "tok-p-s1");
+        assert_eq!(t.lifetime(), Some(DEFAULT_TTL));
+    }
+
+    #[tokio::test]
+    async fn argv_runs_without_shell() {
+        let src = CommandSource::new(Program::Argv(vec!["echo".into(), "argv-token".into()]));
+        assert_eq!(src.acquire(&req()).await.unwrap().secret().expose(), "argv-token");
+    }
+
+    #[tokio::test]
+    async fn failure_reports_status_and_stderr() {
+        let src = CommandSource::shell("echo 'ERROR: Please run az login' >&2; exit 3");
+        let err = src.acquire(&req()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command source `echo`: exited with status 3: ERROR: Please run az login"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_clear() {
+        let src = CommandSource::new(Program::Argv(vec!["/nonexistent/az".into()]));
+        let err = src.acquire(&req()).await.unwrap_err().to_string();
+        assert!(err.contains("cannot run `/nonexistent/az`"), "{err}");
+        assert!(err.contains("installed and on PATH"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn garbage_output_is_rejected() {
+        let src = CommandSource::shell("echo 'Please login first'");
+        let err = src.acquire(&req()).await.unwrap_err().to_string();
+        assert!(err.contains("not a token"), "{err}");
+        assert!(!err.contains("login"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stdin_is_closed() {
+        // `cat` with a closed stdin prints nothing and exits at once.
+        let src = CommandSource::shell("cat; echo ok");
+        assert_eq!(src.acquire(&req()).await.unwrap().secret().expose(), "ok");
+    }
+
+    #[tokio::test]
+    async fn background_grandchild_holding_stdout_does_not_hang() {
+        let src = CommandSource::shell("sleep 30 & echo quick").with_timeout(Duration::from_secs(10));
+        let started = std::time::SystemTime::now();
+        assert_eq!(src.acquire(&req()).await.unwrap().secret().expose(), "quick");
+        assert!(started.elapsed().unwrap() < Duration::from_secs(5));
+    }
+}
