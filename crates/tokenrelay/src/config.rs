@@ -1,1 +1,721 @@
-//! config
+//! The configuration file: one TOML document, a `[[provider]]` table per upstream.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8787"
+//!
+//! [[provider]]
+//! name = "azure"
+//! upstream = "https://my-resource.openai.azure.com"
+//! inject = "api-key"     # bearer | api-key | x-api-key | { header = "X", template = "Bearer {token}" }
+//! scope = "https://cognitiveservices.azure.com/.default"
+//! [provider.source]
+//! kind = "command"
+//! command = "az account get-access-token --scope https://cognitiveservices.azure.com/.default --query accessToken -o tsv"
+//! ```
+//!
+//! Unknown keys are errors; every error names the file, the line and the key path. Durations
+//! are humantime strings (`"30s"`, `"15m"`). Secrets are never inline: a source takes
+//! `*_file` or `*_env`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::source::output::OutputFormat;
+use crate::source::{
+    CommandSource, EnvSource, FileSource, Program, SharedEnv, Source, StaticSource, TokenRequest,
+    DEFAULT_TTL,
+};
+
+/// Default listen address of `serve`: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// Default lifetime a request needs left on its token before it is sent (2 min, capped at a
+/// third of the token's lifetime): a 60-min token is refreshed before a request that would
+/// start in its last 2 minutes, so a 2-minute stream never outlives its credential.
+pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(120);
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener for the proxy (default [`DEFAULT_LISTEN`]).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Separate listener for `/healthz`, `/readyz`, `/metrics`, `/status` (default: same as `listen`).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Environment variable holding the key local clients must present.
+    #[serde(default)]
+    pub local_key_env: Option<String>,
+    /// File holding the key local clients must present.
+    #[serde(default)]
+    pub local_key_file: Option<PathBuf>,
+    /// PEM bundle of extra CA certificates trusted for upstream TLS (besides the system roots).
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Providers.
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// One upstream and the identity that authenticates to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Base URL requests are forwarded to (required by `serve`/`run`, not by `token`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// How the token is put on requests (default `bearer`).
+    #[serde(default)]
+    pub inject: Inject,
+    /// Scope asked of the source, forwarded verbatim.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Path prefix that routes to this provider (`/azure`); stripped before forwarding.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// A listener of its own for this provider.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Extra static headers set on every upstream request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Upstream statuses that mean "credential rejected" (default `[401]`).
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<u16>,
+    /// See [`DEFAULT_MIN_REMAINING`].
+    #[serde(default, with = "humantime_serde")]
+    pub min_remaining: Option<Duration>,
+    /// Error body shape for the proxy's own errors (default: `anthropic` with `x-api-key`,
+    /// else `openai`).
+    #[serde(default)]
+    pub error_style: Option<ErrorStyle>,
+    /// Where the token comes from.
+    pub source: SourceConfig,
+}
+
+fn default_retry_on() -> Vec<u16> {
+    vec![401]
+}
+
+/// The JSON shape of the proxy's own error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorStyle {
+    /// `{"error": {"message", "type", "code"}}`
+    Openai,
+    /// `{"type": "error", "error": {"type", "message"}}`
+    Anthropic,
+}
+
+/// How a token is attached to upstream requests.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "InjectRepr")]
+pub enum Inject {
+    /// `Authorization: Bearer <token>`
+    #[default]
+    Bearer,
+    /// `api-key: <token>` (Azure OpenAI)
+    ApiKey,
+    /// `x-api-key: <token>` (Anthropic)
+    XApiKey,
+    /// A custom header whose value is `template` with `{token}` replaced.
+    Header {
+        /// Header name.
+        header: String,
+        /// Value template containing `{token}`.
+        template: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InjectRepr {
+    Named(String),
+    Custom {
+        header: String,
+        #[serde(default)]
+        template: Option<String>,
+    },
+}
+
+impl TryFrom<InjectRepr> for Inject {
+    type Error = String;
+    fn try_from(r: InjectRepr) -> std::result::Result<Self, String> {
+        match r {
+            InjectRepr::Named(n) => Inject::parse_name(&n),
+            InjectRepr::Custom { header, template } => {
+                let template = template.unwrap_or_else(|| "{token}".into());
+                if !template.contains("{token}") {
+                    return Err(format!("inject template {template:?} has no {{token}}"));
+                }
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err(format!(
+                        "inject header {header:?} is not a valid header name"
+                    ));
+                }
+                Ok(Inject::Header { header, template })
+            }
+        }
+    }
+}
+
+impl Inject {
+    /// Parses `bearer`, `api-key`, `x-api-key`, or `header:NAME` (value = token) /
+    /// `header:NAME:TEMPLATE`.
+    ///
+    /// # Errors
+    /// The accepted forms.
+    pub fn parse_name(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bearer" => Ok(Inject::Bearer),
+            "api-key" => Ok(Inject::ApiKey),
+            "x-api-key" => Ok(Inject::XApiKey),
+            other => {
+                if let Some(rest) = other.strip_prefix("header:") {
+                    let (header, template) = match rest.split_once(':') {
+                        Some((h, t)) => (h.to_owned(), Some(t.to_owned())),
+                        None => (rest.to_owned(), None),
+                    };
+                    return Inject::try_from(InjectRepr::Custom { header, template });
+                }
+                Err(format!(
+                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key or header:NAME[:TEMPLATE])"
+                ))
+            }
+        }
+    }
+
+    /// The header this style sets.
+    pub fn header_name(&self) -> &str {
+        match self {
+            Inject::Bearer => "authorization",
+            Inject::ApiKey => "api-key",
+            Inject::XApiKey => "x-api-key",
+            Inject::Header { header, .. } => header,
+        }
+    }
+
+    /// The header value for `token`.
+    pub fn header_value(&self, token: &str) -> String {
+        match self {
+            Inject::Bearer => format!("Bearer {token}"),
+            Inject::ApiKey | Inject::XApiKey => token.to_owned(),
+            Inject::Header { template, .. } => template.replace("{token}", token),
+        }
+    }
+}
+
+/// Where a provider's token comes from; the `kind` key selects the variant and the other
+/// keys are that kind's own (unknown ones are errors that name the key).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SourceConfig {
+    /// `kind = "static"`
+    Static(StaticConfig),
+    /// `kind = "env"`
+    Env(EnvConfig),
+    /// `kind = "file"`
+    File(FileConfig),
+    /// `kind = "command"`
+    Command(CommandConfig),
+}
+
+/// A value read once at start-up from `value_env` or `value_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Variable holding the value.
+    #[serde(default)]
+    pub value_env: Option<String>,
+    /// File holding the value.
+    #[serde(default)]
+    pub value_file: Option<PathBuf>,
+}
+
+/// An environment variable, read at each acquisition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvConfig {
+    /// Variable name.
+    pub name: String,
+    /// Parser (default auto).
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// Lifetime when none is stated (default 15m).
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+}
+
+/// A file, re-read when it changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Path.
+    pub path: PathBuf,
+    /// Parser (default auto).
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// Lifetime when none is stated (default 15m).
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+}
+
+/// A command's stdout.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// A shell command line (`sh -c`).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Or a program and arguments, run without a shell.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Parser (default auto).
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// Time limit (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Lifetime when none is stated (default 15m).
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+}
+
+/// The `kind` names, for error messages.
+pub const SOURCE_KINDS: &[&str] = &["static", "env", "file", "command"];
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => return Err(D::Error::custom("`kind` must be a string")),
+            None => {
+                return Err(D::Error::custom(format!(
+                    "missing `kind` (one of {})",
+                    SOURCE_KINDS.join(", ")
+                )))
+            }
+        };
+        fn part<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+            table: toml::Table,
+        ) -> std::result::Result<T, E> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                E::custom(format!("{key}: {}", e.into_inner().message()))
+            })
+        }
+        Ok(match kind.as_str() {
+            "static" => SourceConfig::Static(part(table)?),
+            "env" => SourceConfig::Env(part(table)?),
+            "file" => SourceConfig::File(part(table)?),
+            "command" => SourceConfig::Command(part(table)?),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown source kind {other:?} (expected one of {})",
+                    SOURCE_KINDS.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+impl SourceConfig {
+    /// The `kind` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Static(_) => "static",
+            SourceConfig::Env(_) => "env",
+            SourceConfig::File(_) => "file",
+            SourceConfig::Command(_) => "command",
+        }
+    }
+
+    /// Builds the source. `env` is where standard variables are read from.
+    ///
+    /// # Errors
+    /// A config error naming `path` (e.g. `provider[0] (azure).source`) and the key.
+    pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
+        let ttl = |t: &Option<Duration>| t.unwrap_or(DEFAULT_TTL);
+        Ok(match self {
+            SourceConfig::Static(c) => {
+                let value = match (&c.value_env, &c.value_file) {
+                    (Some(var), None) => env.var(var).ok_or_else(|| {
+                        Error::config(
+                            format!("{path}.value_env"),
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?,
+                    (None, Some(file)) => std::fs::read_to_string(file)
+                        .map_err(|e| {
+                            Error::config(
+                                format!("{path}.value_file"),
+                                format!("cannot read {}: {e}", file.display()),
+                            )
+                        })?
+                        .trim()
+                        .to_owned(),
+                    _ => {
+                        return Err(Error::config(
+                            path,
+                            "a static source takes exactly one of value_env or value_file (never an inline secret)",
+                        ))
+                    }
+                };
+                Arc::new(StaticSource::new(Secret::new(value)))
+            }
+            SourceConfig::Env(c) => Arc::new(
+                EnvSource::new(c.name.clone())
+                    .with_env(env.clone())
+                    .with_format(c.format)
+                    .with_default_ttl(ttl(&c.default_ttl)),
+            ),
+            SourceConfig::File(c) => Arc::new(
+                FileSource::new(c.path.clone())
+                    .with_format(c.format)
+                    .with_default_ttl(ttl(&c.default_ttl)),
+            ),
+            SourceConfig::Command(c) => {
+                let program = match (&c.command, &c.args) {
+                    (Some(line), None) if !line.trim().is_empty() => Program::Shell(line.clone()),
+                    (None, Some(argv)) if !argv.is_empty() => Program::Argv(argv.clone()),
+                    _ => {
+                        return Err(Error::config(
+                            path,
+                            "a command source takes exactly one of command (a shell line) or args (a non-empty list)",
+                        ))
+                    }
+                };
+                let mut src = CommandSource::new(program)
+                    .with_format(c.format)
+                    .with_default_ttl(ttl(&c.default_ttl));
+                if let Some(t) = c.timeout {
+                    src = src.with_timeout(t);
+                }
+                Arc::new(src)
+            }
+        })
+    }
+}
+
+impl ProviderConfig {
+    /// The token request this provider makes.
+    pub fn request(&self) -> TokenRequest {
+        TokenRequest::new(self.name.as_str()).with_scope(self.scope.as_deref())
+    }
+
+    /// The error style, defaulted from the inject style.
+    pub fn error_style(&self) -> ErrorStyle {
+        self.error_style.unwrap_or(match self.inject {
+            Inject::XApiKey => ErrorStyle::Anthropic,
+            _ => ErrorStyle::Openai,
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// A config error naming the file, line and key.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML `text`; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// A config error with the line and key.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            // Keep toml's message and line, and the key path; never the document's text
+            // (a config file may hold secrets by mistake).
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = inner.message();
+            let at = if key.is_empty() || key == "." {
+                String::new()
+            } else {
+                format!(" at {key}")
+            };
+            match line {
+                Some(l) => Error::config(origin, format!("line {l}{at}: {msg}")),
+                None => Error::config(origin, format!("{}{msg}", at.trim_start())),
+            }
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field rules.
+    ///
+    /// # Errors
+    /// The first problem, with its key path.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        let mut prefixes = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = format!("{origin}: provider[{i}] ({})", p.name);
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(Error::config(
+                    format!("{origin}: provider[{i}].name"),
+                    format!("{:?} must be non-empty letters, digits, '-' or '_'", p.name),
+                ));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(Error::config(at, "duplicate provider name"));
+            }
+            if let Some(u) = &p.upstream {
+                validate_upstream(u).map_err(|m| Error::config(format!("{at}.upstream"), m))?;
+            }
+            if let Some(prefix) = &p.path_prefix {
+                if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+                    return Err(Error::config(
+                        format!("{at}.path_prefix"),
+                        format!(
+                            "{prefix:?} must start with '/' and not end with one (e.g. \"/azure\")"
+                        ),
+                    ));
+                }
+                if !prefixes.insert(prefix.clone()) {
+                    return Err(Error::config(
+                        format!("{at}.path_prefix"),
+                        "duplicate path prefix",
+                    ));
+                }
+            }
+            for status in &p.retry_on {
+                if !(400..=599).contains(status) {
+                    return Err(Error::config(
+                        format!("{at}.retry_on"),
+                        format!("{status} is not a 4xx/5xx status"),
+                    ));
+                }
+            }
+            for (k, v) in &p.headers {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(Error::config(
+                        format!("{at}.headers.{k}"),
+                        "not a valid header name/value",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The provider called `name`, or the only one when `name` is `None`.
+    ///
+    /// # Errors
+    /// When there is no such provider, or several and no name was given.
+    pub fn provider(&self, name: Option<&str>) -> Result<&ProviderConfig> {
+        match name {
+            Some(n) => self.providers.iter().find(|p| p.name == n).ok_or_else(|| {
+                let known: Vec<_> = self.providers.iter().map(|p| p.name.as_str()).collect();
+                Error::config(
+                    "--provider",
+                    format!("no provider named {n:?} (configured: {})", known.join(", ")),
+                )
+            }),
+            None => match self.providers.as_slice() {
+                [one] => Ok(one),
+                [] => Err(Error::config("config", "no [[provider]] is configured")),
+                _ => Err(Error::config(
+                    "--provider",
+                    "several providers are configured; name one with --provider",
+                )),
+            },
+        }
+    }
+}
+
+/// Checks an upstream base URL: absolute http(s), no query or fragment.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn validate_upstream(u: &str) -> std::result::Result<(), String> {
+    let uri: http::Uri = u.parse().map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{u:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("{u:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{u:?} must not have a query string"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MapEnv;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:9000"
+
+[[provider]]
+name = "azure"
+upstream = "https://my-resource.openai.azure.com"
+inject = "api-key"
+scope = "https://cognitiveservices.azure.com/.default"
+retry_on = [401, 403]
+min_remaining = "90s"
+[provider.source]
+kind = "command"
+command = "az account get-access-token --query accessToken -o tsv"
+timeout = "10s"
+
+[[provider]]
+name = "anthropic"
+upstream = "https://api.anthropic.com"
+inject = { header = "x-api-key" }
+path_prefix = "/anthropic"
+headers = { "anthropic-version" = "2023-06-01" }
+[provider.source]
+kind = "env"
+name = "ANTHROPIC_TOKEN"
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let cfg = Config::from_toml(GOOD, "t.toml").unwrap();
+        assert_eq!(cfg.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(cfg.providers.len(), 2);
+        let az = &cfg.providers[0];
+        assert_eq!(az.inject, Inject::ApiKey);
+        assert_eq!(az.retry_on, vec![401, 403]);
+        assert_eq!(az.min_remaining, Some(Duration::from_secs(90)));
+        assert_eq!(
+            az.request().scope(),
+            Some("https://cognitiveservices.azure.com/.default")
+        );
+        let an = &cfg.providers[1];
+        assert_eq!(
+            an.inject,
+            Inject::Header {
+                header: "x-api-key".into(),
+                template: "{token}".into()
+            }
+        );
+        assert_eq!(an.retry_on, vec![401]);
+        let env: SharedEnv = Arc::new(MapEnv::default());
+        let src = az.source.build("p", &env).unwrap();
+        assert_eq!(src.kind(), "command");
+        assert_eq!(src.timeout(), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text =
+            "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"command\"\ncomand = \"x\"\n";
+        let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml: invalid configuration: line "),
+            "{err}"
+        );
+        assert!(err.contains("comand"), "{err}");
+        let text = "lisen = \"x\"\n";
+        let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("[[provider]]\nname = \"a\"\ninject = \"basic\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "unknown inject style"),
+            ("[[provider]]\nname = \"a\"\nupstream = \"ftp://x\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "upstream"),
+            ("[[provider]]\nname = \"a\"\nretry_on = [200]\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "retry_on"),
+            ("[[provider]]\nname = \"a b\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "name"),
+            ("[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"nope\"\n", "unknown source kind"),
+            ("[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"command\"\ncommand = \"x\"\ntimeout = \"soon\"\n", "timeout"),
+            ("[[provider]]\nname = \"a\"\ninject = { header = \"X\", template = \"Bearer\" }\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "{token}"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_prefixes() {
+        let text = "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n";
+        assert!(Config::from_toml(text, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate provider name"));
+    }
+
+    #[test]
+    fn source_build_errors() {
+        let env: SharedEnv = Arc::new(MapEnv::default());
+        let cmd = SourceConfig::Command(CommandConfig::default());
+        assert!(cmd
+            .build("provider[0] (a).source", &env)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one of command"));
+        let st = SourceConfig::Static(StaticConfig {
+            value_env: Some("UNSET_X".into()),
+            value_file: None,
+        });
+        let err = st.build("p.source", &env).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "p.source.value_env: invalid configuration: environment variable UNSET_X is not set"
+        );
+    }
+
+    #[test]
+    fn inject_styles() {
+        assert_eq!(Inject::Bearer.header_value("t"), "Bearer t");
+        assert_eq!(Inject::ApiKey.header_name(), "api-key");
+        let custom = Inject::parse_name("header:x-goog-api-key").unwrap();
+        assert_eq!(custom.header_value("t"), "t");
+        let custom = Inject::parse_name("header:Authorization:Token {token}").unwrap();
+        assert_eq!(custom.header_value("t"), "Token t");
+        assert!(Inject::parse_name("header:bad name").is_err());
+    }
+
+    #[test]
+    fn provider_lookup() {
+        let cfg = Config::from_toml(GOOD, "t").unwrap();
+        assert_eq!(cfg.provider(Some("anthropic")).unwrap().name, "anthropic");
+        assert!(cfg
+            .provider(None)
+            .unwrap_err()
+            .to_string()
+            .contains("--provider"));
+        assert!(cfg
+            .provider(Some("x"))
+            .unwrap_err()
+            .to_string()
+            .contains("azure, anthropic"));
+    }
+}

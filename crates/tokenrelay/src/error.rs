@@ -22,7 +22,10 @@ pub enum ErrorKind {
     #[error("{0}")]
     CommandFailed(String),
     /// The identity provider answered with a non-success status.
-    #[error("identity provider answered HTTP {status}{}", idp_detail(error, description))]
+    #[error(
+        "identity provider answered HTTP {status}{}",
+        idp_detail(error, description)
+    )]
     IdpRejected {
         /// HTTP status code.
         status: u16,
@@ -190,7 +193,10 @@ mod tests {
 
     #[test]
     fn one_line_keeps_last_line_and_bounds_it() {
-        assert_eq!(one_line("a\nERROR: please run az login\n\n", 100), "ERROR: please run az login");
+        assert_eq!(
+            one_line("a\nERROR: please run az login\n\n", 100),
+            "ERROR: please run az login"
+        );
         assert_eq!(one_line("abcdef", 3), "abc…");
         assert_eq!(one_line("a\tb", 10), "a b");
     }

@@ -37,14 +37,17 @@ impl UnverifiedJwt {
 /// Reads a NumericDate claim (seconds since the epoch, integer or float).
 pub fn claim_time(claims: &Value, name: &str) -> Option<SystemTime> {
     let v = claims.get(name)?;
-    let secs = v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
+    let secs = v
+        .as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Whether `s` has the shape of a compact JWS (three base64url segments, the first two non-empty).
 pub fn looks_like_jwt(s: &str) -> bool {
     let mut parts = s.split('.');
-    let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return false;
     };
@@ -71,7 +74,8 @@ pub fn decode_unverified(token: &str) -> Result<UnverifiedJwt, String> {
     if !looks_like_jwt(token) {
         return Err("not a JWT (expected three base64url segments separated by '.')".into());
     }
-    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed JWT header: {e}"))?;
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| format!("malformed JWT header: {e}"))?;
     let mut validation = Validation::new(header.alg);
     validation.insecure_disable_signature_validation();
     validation.validate_exp = false;
@@ -107,9 +111,16 @@ mod tests {
 
     #[test]
     fn reads_exp_iat_and_header() {
-        let d = decode_unverified(&jwt(r#"{"exp":1700000000,"iat":1699990000,"aud":"x"}"#)).unwrap();
-        assert_eq!(d.expires_at(), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
-        assert_eq!(d.issued_at(), Some(UNIX_EPOCH + Duration::from_secs(1_699_990_000)));
+        let d =
+            decode_unverified(&jwt(r#"{"exp":1700000000,"iat":1699990000,"aud":"x"}"#)).unwrap();
+        assert_eq!(
+            d.expires_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(
+            d.issued_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_699_990_000))
+        );
         assert_eq!(d.header["kid"], "k1");
     }
 

@@ -122,8 +122,10 @@ impl Token {
 
     /// Full lifetime from acquisition to expiry, when known.
     pub fn lifetime(&self) -> Option<Duration> {
-        self.expires_at
-            .map(|at| at.duration_since(self.acquired_at).unwrap_or(Duration::ZERO))
+        self.expires_at.map(|at| {
+            at.duration_since(self.acquired_at)
+                .unwrap_or(Duration::ZERO)
+        })
     }
 }
 

@@ -503,10 +503,8 @@ impl Entry {
                     .and_then(|c| c.token.remaining(now))
                     .filter(|r| !r.is_zero());
                 let delay = policy::backoff(attempt, rand::random(), remaining);
-                self.not_before_ms.store(
-                    crate::clock::unix_millis(now + delay),
-                    Ordering::Relaxed,
-                );
+                self.not_before_ms
+                    .store(crate::clock::unix_millis(now + delay), Ordering::Relaxed);
                 if let Ok(mut last) = self.last_error.lock() {
                     *last = Some((now, err.clone()));
                 }
@@ -592,9 +590,7 @@ async fn refresher(weak: Weak<Entry>, wake: Arc<Notify>) {
             }
         }
         let Some(entry) = weak.upgrade() else { return };
-        let due = entry
-            .next_wake()
-            .is_some_and(|at| entry.clock.now() >= at);
+        let due = entry.next_wake().is_some_and(|at| entry.clock.now() >= at);
         if due {
             let _ = entry.acquire_shared(false).await;
         }

@@ -137,7 +137,11 @@ mod tests {
             (6, 1.0, Some(Duration::ZERO), Duration::from_millis(50)),
         ];
         for (attempt, jitter, remaining, want) in table {
-            assert_eq!(backoff(attempt, jitter, remaining), want, "attempt {attempt}");
+            assert_eq!(
+                backoff(attempt, jitter, remaining),
+                want,
+                "attempt {attempt}"
+            );
         }
     }
 

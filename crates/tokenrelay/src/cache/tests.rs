@@ -37,7 +37,10 @@ impl Source for Counting {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::time::sleep(self.delay).await;
         if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::new("counting", ErrorKind::Unavailable("told to fail".into())));
+            return Err(Error::new(
+                "counting",
+                ErrorKind::Unavailable("told to fail".into()),
+            ));
         }
         let now = self.clock.now();
         Ok(Token::new(Secret::new(format!("tok-{n}")), "counting")
@@ -82,12 +85,18 @@ async fn single_flight_at_expiry() {
     let mut tasks = Vec::new();
     for _ in 0..1000 {
         let e = entry.clone();
-        tasks.push(tokio::spawn(async move { e.get().await.map(|t| secret(&t)) }));
+        tasks.push(tokio::spawn(
+            async move { e.get().await.map(|t| secret(&t)) },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), "tok-2");
     }
-    assert_eq!(src.calls(), 2, "1000 concurrent gets at expiry → exactly one acquisition");
+    assert_eq!(
+        src.calls(),
+        2,
+        "1000 concurrent gets at expiry → exactly one acquisition"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +118,11 @@ async fn refresh_window_triggers_background_refresh_and_serves_old_token() {
     // 9 s lifetime → refresh window 3 s (+≤10% jitter): at 6.5 s we are inside it.
     clock.advance(Duration::from_millis(6_500));
     let t = entry.get().await.unwrap();
-    assert_eq!(secret(&t), "tok-1", "the valid token is served while refreshing");
+    assert_eq!(
+        secret(&t),
+        "tok-1",
+        "the valid token is served while refreshing"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(src.calls(), 2);
     assert_eq!(secret(&entry.get().await.unwrap()), "tok-2");
@@ -131,7 +144,10 @@ async fn failed_refresh_keeps_serving_valid_token() {
     assert!(st.valid);
     assert!(st.last_error.unwrap().1.contains("told to fail"));
     // An explicit refresh before a long request falls back to the valid token too.
-    let t = entry.get_with_min_remaining(Duration::from_secs(120)).await.unwrap();
+    let t = entry
+        .get_with_min_remaining(Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(secret(&t), "tok-1");
 }
 
@@ -209,7 +225,10 @@ async fn min_remaining_refreshes_first() {
     // 600 s lifetime: refresh window 200 s is capped to… min(300, 200) = 200 s; min_remaining
     // 120 s. At 500 s, 100 s remain < 120 s → refresh before answering.
     clock.advance(Duration::from_secs(500));
-    let t = entry.get_with_min_remaining(Duration::from_secs(120)).await.unwrap();
+    let t = entry
+        .get_with_min_remaining(Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(secret(&t), "tok-2");
     assert_eq!(src.calls(), 2);
 }
@@ -242,7 +261,9 @@ async fn tokens_without_expiry_are_not_cached() {
 async fn entries_are_partitioned_by_provider_and_scope() {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
     let src = Counting::new(&clock, Duration::from_secs(3600));
-    let cache = Cache::new(src.clone()).with_clock(Arc::new(clock)).with_options(lazy());
+    let cache = Cache::new(src.clone())
+        .with_clock(Arc::new(clock))
+        .with_options(lazy());
     let a = cache.entry(TokenRequest::new("a").with_scope(Some("s1")));
     let b = cache.entry(TokenRequest::new("a").with_scope(Some("s2")));
     let c = cache.entry(TokenRequest::new("c"));
@@ -285,6 +306,12 @@ async fn background_refresher_renews_without_traffic() {
     entry.get().await.unwrap();
     tokio::time::sleep(Duration::from_millis(3_300)).await;
     let n = src.0.load(Ordering::SeqCst);
-    assert!((3..=5).contains(&n), "expected ~3 background refreshes in 3.3 s, got {n}");
-    assert!(entry.try_get().is_some(), "a valid token is held without any traffic");
+    assert!(
+        (3..=5).contains(&n),
+        "expected ~3 background refreshes in 3.3 s, got {n}"
+    );
+    assert!(
+        entry.try_get().is_some(),
+        "a valid token is held without any traffic"
+    );
 }

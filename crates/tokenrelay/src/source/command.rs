@@ -188,7 +188,9 @@ impl Source for CommandSource {
         let status = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => {
-                return Err(self.err(ErrorKind::CommandFailed(format!("waiting for the command: {e}"))))
+                return Err(self.err(ErrorKind::CommandFailed(format!(
+                    "waiting for the command: {e}"
+                ))))
             }
             Err(_) => {
                 guard.kill();
@@ -278,7 +280,9 @@ mod tests {
 
     #[tokio::test]
     async fn reads_stdout_and_sees_request() {
-        let src = CommandSource::shell(r#"printf 'tok-%s-%s\n' "$TOKENRELAY_PROVIDER" "$TOKENRELAY_SCOPE""#);
+        let src = CommandSource::shell(
+            r#"printf 'tok-%s-%s\n' "$TOKENRELAY_PROVIDER" "$TOKENRELAY_SCOPE""#,
+        );
         let t = src.acquire(&req()).await.unwrap();
         assert_eq!(t.secret().expose(), "tok-p-s1");
         assert_eq!(t.lifetime(), Some(DEFAULT_TTL));
@@ -287,7 +291,10 @@ mod tests {
     #[tokio::test]
     async fn argv_runs_without_shell() {
         let src = CommandSource::new(Program::Argv(vec!["echo".into(), "argv-token".into()]));
-        assert_eq!(src.acquire(&req()).await.unwrap().secret().expose(), "argv-token");
+        assert_eq!(
+            src.acquire(&req()).await.unwrap().secret().expose(),
+            "argv-token"
+        );
     }
 
     #[tokio::test]
@@ -325,9 +332,13 @@ mod tests {
 
     #[tokio::test]
     async fn background_grandchild_holding_stdout_does_not_hang() {
-        let src = CommandSource::shell("sleep 30 & echo quick").with_timeout(Duration::from_secs(10));
+        let src =
+            CommandSource::shell("sleep 30 & echo quick").with_timeout(Duration::from_secs(10));
         let started = std::time::SystemTime::now();
-        assert_eq!(src.acquire(&req()).await.unwrap().secret().expose(), "quick");
+        assert_eq!(
+            src.acquire(&req()).await.unwrap().secret().expose(),
+            "quick"
+        );
         assert!(started.elapsed().unwrap() < Duration::from_secs(5));
     }
 }

@@ -129,7 +129,10 @@ impl Source for EnvSource {
     }
     fn fingerprint(&self, fp: &mut Fingerprint) -> Result<()> {
         fp.add("env", self.name.as_bytes());
-        fp.add("value", self.env.var(&self.name).unwrap_or_default().as_bytes());
+        fp.add(
+            "value",
+            self.env.var(&self.name).unwrap_or_default().as_bytes(),
+        );
         Ok(())
     }
     fn persistable(&self) -> bool {
@@ -155,22 +158,34 @@ mod tests {
     #[tokio::test]
     async fn garbage_value_is_rejected() {
         let env = Arc::new(MapEnv::from_pairs([("T", "two\nlines")]));
-        let err = EnvSource::new("T").with_env(env).acquire(&TokenRequest::new("p")).await.unwrap_err();
+        let err = EnvSource::new("T")
+            .with_env(env)
+            .acquire(&TokenRequest::new("p"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("several lines"), "{err}");
     }
 
     #[tokio::test]
     async fn default_ttl_is_applied() {
         let env = Arc::new(MapEnv::from_pairs([("T", "opaque")]));
-        let src = EnvSource::new("T").with_env(env).with_default_ttl(Duration::from_secs(60));
+        let src = EnvSource::new("T")
+            .with_env(env)
+            .with_default_ttl(Duration::from_secs(60));
         let t = src.acquire(&TokenRequest::new("p")).await.unwrap();
         assert_eq!(t.lifetime(), Some(Duration::from_secs(60)));
     }
 
     #[tokio::test]
     async fn static_source() {
-        let t = StaticSource::new(Secret::new("k")).acquire(&TokenRequest::new("p")).await.unwrap();
+        let t = StaticSource::new(Secret::new("k"))
+            .acquire(&TokenRequest::new("p"))
+            .await
+            .unwrap();
         assert_eq!(t.secret().expose(), "k");
-        assert!(StaticSource::new(Secret::new("a b")).acquire(&TokenRequest::new("p")).await.is_err());
+        assert!(StaticSource::new(Secret::new("a b"))
+            .acquire(&TokenRequest::new("p"))
+            .await
+            .is_err());
     }
 }

@@ -67,7 +67,10 @@ impl FileSource {
 impl Source for FileSource {
     async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
         let meta = tokio::fs::metadata(&self.path).await.map_err(|e| {
-            self.err(ErrorKind::Unavailable(format!("cannot read {}: {e}", self.path.display())))
+            self.err(ErrorKind::Unavailable(format!(
+                "cannot read {}: {e}",
+                self.path.display()
+            )))
         })?;
         if !meta.is_file() {
             return Err(self.err(ErrorKind::Unavailable(format!(
@@ -92,7 +95,10 @@ impl Source for FileSource {
             }
         }
         let bytes = tokio::fs::read(&self.path).await.map_err(|e| {
-            self.err(ErrorKind::Unavailable(format!("cannot read {}: {e}", self.path.display())))
+            self.err(ErrorKind::Unavailable(format!(
+                "cannot read {}: {e}",
+                self.path.display()
+            )))
         })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             self.err(ErrorKind::InvalidResponse(format!(
@@ -102,7 +108,10 @@ impl Source for FileSource {
             )))
         })?;
         let parsed = output::parse(&text, self.format).map_err(|e| {
-            self.err(ErrorKind::InvalidResponse(format!("{}: {e}", self.path.display())))
+            self.err(ErrorKind::InvalidResponse(format!(
+                "{}: {e}",
+                self.path.display()
+            )))
         })?;
         let token = parsed.into_token(&self.describe(), now, Some(self.default_ttl));
         if let Ok(mut last) = self.last.lock() {
@@ -137,7 +146,10 @@ mod tests {
         let src = FileSource::new("/nonexistent/tokenrelay/token");
         let err = src.acquire(&TokenRequest::new("p")).await.unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("file source /nonexistent/tokenrelay/token: cannot read"), "{msg}");
+        assert!(
+            msg.starts_with("file source /nonexistent/tokenrelay/token: cannot read"),
+            "{msg}"
+        );
         assert!(msg.contains("No such file"), "{msg}");
     }
 
@@ -150,7 +162,10 @@ mod tests {
         let req = TokenRequest::new("p");
         assert_eq!(src.acquire(&req).await.unwrap().secret().expose(), "first");
         std::fs::write(&path, "second-longer\n").unwrap();
-        assert_eq!(src.acquire(&req).await.unwrap().secret().expose(), "second-longer");
+        assert_eq!(
+            src.acquire(&req).await.unwrap().secret().expose(),
+            "second-longer"
+        );
     }
 
     #[tokio::test]
@@ -158,10 +173,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok");
         std::fs::write(&path, "").unwrap();
-        let err = FileSource::new(&path).acquire(&TokenRequest::new("p")).await.unwrap_err();
+        let err = FileSource::new(&path)
+            .acquire(&TokenRequest::new("p"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("output is empty"), "{err}");
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
-        let err = FileSource::new(&path).acquire(&TokenRequest::new("p")).await.unwrap_err();
+        let err = FileSource::new(&path)
+            .acquire(&TokenRequest::new("p"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }

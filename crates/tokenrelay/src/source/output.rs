@@ -74,12 +74,7 @@ pub struct Parsed {
 
 impl Parsed {
     /// Builds the token: the stated expiry, else `now + default_ttl` when given, else none.
-    pub fn into_token(
-        self,
-        origin: &str,
-        now: SystemTime,
-        default_ttl: Option<Duration>,
-    ) -> Token {
+    pub fn into_token(self, origin: &str, now: SystemTime, default_ttl: Option<Duration>) -> Token {
         let expiry = self.expires_at.or_else(|| default_ttl.map(|ttl| now + ttl));
         let token = Token::new(self.secret, origin)
             .acquired_at(now)
@@ -130,7 +125,12 @@ pub fn parse(text: &str, format: OutputFormat) -> Result<Parsed, String> {
 fn parse_raw(text: &str) -> Result<Parsed, String> {
     check_token_text(text)?;
     let (expires_at, shape) = if jwt::looks_like_jwt(text) {
-        (jwt::decode_unverified(text).ok().and_then(|d| d.expires_at()), "jwt")
+        (
+            jwt::decode_unverified(text)
+                .ok()
+                .and_then(|d| d.expires_at()),
+            "jwt",
+        )
     } else {
         (None, "raw")
     };
@@ -189,9 +189,7 @@ fn parse_json(text: &str) -> Result<Parsed, String> {
 
     // kubectl ExecCredential
     if str_field("kind") == Some("ExecCredential") {
-        let status = obj
-            .get("status")
-            .ok_or("ExecCredential has no status")?;
+        let status = obj.get("status").ok_or("ExecCredential has no status")?;
         let token = status
             .get("token")
             .and_then(Value::as_str)
@@ -355,35 +353,59 @@ mod tests {
             assert!(!err.contains("login") && !err.contains("qz"), "{err}");
         }
         let long = "a".repeat(MAX_TOKEN_LEN + 1);
-        assert!(parse(&long, OutputFormat::Raw).unwrap_err().contains("more than"));
+        assert!(parse(&long, OutputFormat::Raw)
+            .unwrap_err()
+            .contains("more than"));
     }
 
     #[test]
     fn jwt_format_requires_exp() {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let no_exp = format!("{}.{}.c2ln", e.encode(r#"{"alg":"HS256"}"#), e.encode("{}"));
-        assert!(parse(&no_exp, OutputFormat::Jwt).unwrap_err().contains("no exp"));
-        assert!(parse("opaque", OutputFormat::Jwt).unwrap_err().contains("not a JWT"));
+        assert!(parse(&no_exp, OutputFormat::Jwt)
+            .unwrap_err()
+            .contains("no exp"));
+        assert!(parse("opaque", OutputFormat::Jwt)
+            .unwrap_err()
+            .contains("not a JWT"));
         let ok = parse(&jwt_with_exp(5), OutputFormat::Jwt).unwrap();
         assert_eq!(ok.expires_at, Some(at(5)));
     }
 
     #[test]
     fn copilot_sdk_shape() {
-        let p = parse(r#"{"token":"t1","expiresOnTimestamp":1700000000123}"#, OutputFormat::Auto).unwrap();
+        let p = parse(
+            r#"{"token":"t1","expiresOnTimestamp":1700000000123}"#,
+            OutputFormat::Auto,
+        )
+        .unwrap();
         assert_eq!(p.secret.expose(), "t1");
-        assert_eq!(p.expires_at, Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)));
+        assert_eq!(
+            p.expires_at,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
         assert_eq!(p.shape, "json-token");
     }
 
     #[test]
     fn oauth_shapes() {
         let before = SystemTime::now();
-        let p = parse(r#"{"access_token":"a","expires_in":3600,"token_type":"Bearer"}"#, OutputFormat::Json).unwrap();
+        let p = parse(
+            r#"{"access_token":"a","expires_in":3600,"token_type":"Bearer"}"#,
+            OutputFormat::Json,
+        )
+        .unwrap();
         let exp = p.expires_at.unwrap();
-        assert!(exp >= before + Duration::from_secs(3600) && exp <= SystemTime::now() + Duration::from_secs(3600));
+        assert!(
+            exp >= before + Duration::from_secs(3600)
+                && exp <= SystemTime::now() + Duration::from_secs(3600)
+        );
         // IMDS answers with strings
-        let p = parse(r#"{"access_token":"a","expires_in":"3599","expires_on":"1700000000"}"#, OutputFormat::Auto).unwrap();
+        let p = parse(
+            r#"{"access_token":"a","expires_in":"3599","expires_on":"1700000000"}"#,
+            OutputFormat::Auto,
+        )
+        .unwrap();
         assert_eq!(p.expires_at, Some(at(1_700_000_000)));
         // no expiry stated: the JWT's exp is used
         let j = jwt_with_exp(1_900_000_000);
@@ -401,7 +423,11 @@ mod tests {
         assert_eq!(p.expires_at, Some(at(1_700_000_000)));
         assert_eq!(p.shape, "azure-cli");
         let j = jwt_with_exp(1_750_000_000);
-        let p = parse(&format!(r#"{{"accessToken":"{j}","expiresOn":"2023-11-14 22:13:20.000000"}}"#), OutputFormat::Auto).unwrap();
+        let p = parse(
+            &format!(r#"{{"accessToken":"{j}","expiresOn":"2023-11-14 22:13:20.000000"}}"#),
+            OutputFormat::Auto,
+        )
+        .unwrap();
         assert_eq!(p.expires_at, Some(at(1_750_000_000)));
     }
 
@@ -414,7 +440,11 @@ mod tests {
         .unwrap();
         assert_eq!(p.secret.expose(), "k8s");
         assert_eq!(p.expires_at, Some(at(1_700_000_000)));
-        let err = parse(r#"{"kind":"ExecCredential","status":{}}"#, OutputFormat::Auto).unwrap_err();
+        let err = parse(
+            r#"{"kind":"ExecCredential","status":{}}"#,
+            OutputFormat::Auto,
+        )
+        .unwrap_err();
         assert!(err.contains("no token"), "{err}");
     }
 
@@ -434,23 +464,47 @@ mod tests {
 
     #[test]
     fn json_errors() {
-        assert!(parse("{not json", OutputFormat::Auto).unwrap_err().contains("not valid JSON"));
-        assert!(parse("[1]", OutputFormat::Json).unwrap_err().contains("not an object"));
-        assert!(parse(r#"{"foo":1}"#, OutputFormat::Auto).unwrap_err().contains("no known token field"));
-        assert!(parse(r#"{"token":"a b"}"#, OutputFormat::Auto).unwrap_err().contains("whitespace"));
-        assert!(parse(r#"{"token":"a","expiresOnTimestamp":"soon"}"#, OutputFormat::Auto).unwrap_err().contains("expiresOnTimestamp"));
-        assert!(parse(r#"{"kind":"ExecCredential","status":{"token":"a","expirationTimestamp":"tomorrow"}}"#, OutputFormat::Auto).unwrap_err().contains("RFC 3339"));
+        assert!(parse("{not json", OutputFormat::Auto)
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(parse("[1]", OutputFormat::Json)
+            .unwrap_err()
+            .contains("not an object"));
+        assert!(parse(r#"{"foo":1}"#, OutputFormat::Auto)
+            .unwrap_err()
+            .contains("no known token field"));
+        assert!(parse(r#"{"token":"a b"}"#, OutputFormat::Auto)
+            .unwrap_err()
+            .contains("whitespace"));
+        assert!(parse(
+            r#"{"token":"a","expiresOnTimestamp":"soon"}"#,
+            OutputFormat::Auto
+        )
+        .unwrap_err()
+        .contains("expiresOnTimestamp"));
+        assert!(parse(
+            r#"{"kind":"ExecCredential","status":{"token":"a","expirationTimestamp":"tomorrow"}}"#,
+            OutputFormat::Auto
+        )
+        .unwrap_err()
+        .contains("RFC 3339"));
     }
 
     #[test]
     fn default_ttl_applies_only_without_stated_expiry() {
         let now = at(1_000);
         let ttl = Some(Duration::from_secs(60));
-        let t = parse("abc", OutputFormat::Auto).unwrap().into_token("x", now, ttl);
+        let t = parse("abc", OutputFormat::Auto)
+            .unwrap()
+            .into_token("x", now, ttl);
         assert_eq!(t.expiry(), Some(at(1_060)));
-        let t = parse(&jwt_with_exp(2_000), OutputFormat::Auto).unwrap().into_token("x", now, ttl);
+        let t = parse(&jwt_with_exp(2_000), OutputFormat::Auto)
+            .unwrap()
+            .into_token("x", now, ttl);
         assert_eq!(t.expiry(), Some(at(2_000)));
-        let t = parse("abc", OutputFormat::Auto).unwrap().into_token("x", now, None);
+        let t = parse("abc", OutputFormat::Auto)
+            .unwrap()
+            .into_token("x", now, None);
         assert_eq!(t.expiry(), None);
     }
 }

@@ -1,0 +1,2 @@
+//! The `tokenrelay` command.
+fn main() {}
