@@ -1,0 +1,120 @@
+//! `tokenrelay token`: the credential helper.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tokenrelay::persist::{self, Lookup, SharedCache};
+use tokenrelay::source::acquire_with_timeout;
+use tokenrelay::Token;
+
+use crate::args::{process_env, ProviderArgs};
+use crate::{CmdResult, Failure};
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub(crate) enum Output {
+    /// The token alone, one line.
+    #[default]
+    Raw,
+    /// `{"token", "expiresOnTimestamp", "source"}` (the Copilot SDK callback shape).
+    Json,
+    /// A kubectl `client.authentication.k8s.io/v1` ExecCredential.
+    ExecCredential,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    #[command(flatten)]
+    provider: ProviderArgs,
+    /// What to print.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Raw)]
+    output: Output,
+    /// Drop the cached token (as after a 401) and print a freshly acquired one.
+    #[arg(long)]
+    invalidate: bool,
+    /// Do not use the shared cache: acquire from the source every time.
+    #[arg(long)]
+    no_cache: bool,
+    /// Directory of the shared cache (default: $TOKENRELAY_CACHE_DIR, $XDG_RUNTIME_DIR/tokenrelay,
+    /// or ~/.cache/tokenrelay).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(a: TokenArgs) -> CmdResult {
+    let started = SystemTime::now();
+    let cfg = a.provider.load()?;
+    let provider = cfg.provider(
+        a.provider
+            .provider
+            .as_deref()
+            .filter(|_| a.provider.config.is_some()),
+    )?;
+    let env = process_env();
+    let source = provider
+        .source
+        .build(&format!("provider {}.source", provider.name), &env)?;
+    let req = provider.request();
+
+    let token = if a.no_cache || !source.persistable() {
+        acquire_with_timeout(source.as_ref(), &req).await?
+    } else {
+        let dir = match &a.cache_dir {
+            Some(d) => d.clone(),
+            None => persist::default_dir(env.as_ref()).ok_or_else(|| {
+                Failure::usage("no cache directory: set HOME, XDG_RUNTIME_DIR or --cache-dir (or pass --no-cache)")
+            })?,
+        };
+        let cache = SharedCache::open(&dir)?;
+        let lookup = Lookup {
+            invalidate_before: a.invalidate.then_some(started),
+        };
+        let (token, served) = cache.get(source.as_ref(), &req, lookup).await?;
+        tracing::debug!(?served, "token served");
+        token
+    };
+    if token.is_expired(SystemTime::now()) {
+        return Err(Failure::runtime(format!(
+            "{}: the token it gave is already expired",
+            source.describe()
+        )));
+    }
+    print(&token, a.output, source.kind())
+}
+
+fn print(token: &Token, output: Output, kind: &str) -> CmdResult {
+    let text = match output {
+        Output::Raw => token.secret().expose().to_owned(),
+        Output::Json => {
+            let mut v = json!({ "token": token.secret().expose(), "source": kind });
+            if let Some(exp) = token.expiry() {
+                v["expiresOnTimestamp"] = json!(millis(exp));
+            }
+            v.to_string()
+        }
+        Output::ExecCredential => {
+            let mut status = json!({ "token": token.secret().expose() });
+            if let Some(exp) = token.expiry() {
+                status["expirationTimestamp"] = json!(tokenrelay::rfc3339(exp));
+            }
+            json!({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": status,
+            })
+            .to_string()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::runtime(format!("cannot write the token to stdout: {e}")))
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
