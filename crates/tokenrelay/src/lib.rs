@@ -43,6 +43,7 @@ pub mod config;
 mod error;
 pub mod jwt;
 pub mod persist;
+pub mod proxy;
 mod secret;
 pub mod source;
 mod token;

@@ -1,0 +1,325 @@
+//! Forwarding one request: strip, inject, send, retry once on a rejected credential, stream back.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::headers;
+use super::{BoxError, Provider, ProxyBody, State};
+use crate::cache::CachedToken;
+use crate::config::ErrorStyle;
+use crate::error::{Error, ErrorKind};
+use crate::secret::Secret;
+
+/// A full JSON body.
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
+/// A JSON error in the provider's shape.
+pub(crate) fn error_response(
+    style: ErrorStyle,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let body = match style {
+        ErrorStyle::Openai => json!({
+            "error": { "message": message, "type": "tokenrelay_error", "code": code }
+        }),
+        ErrorStyle::Anthropic => json!({
+            "type": "error",
+            "error": {
+                "type": if status == 401 { "authentication_error" } else { "api_error" },
+                "message": message,
+            }
+        }),
+    };
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-tokenrelay-error", HeaderValue::from_static("1"));
+    resp
+}
+
+/// A JSON error not tied to a provider (routing).
+pub(crate) fn plain_error(status: u16, message: &str) -> Response<ProxyBody> {
+    error_response(
+        ErrorStyle::Openai,
+        status,
+        "tokenrelay",
+        &format!("tokenrelay: {message}"),
+    )
+}
+
+/// Whether the request carries the local key (constant-time comparison).
+pub(crate) fn has_local_key(h: &HeaderMap, key: &Secret) -> bool {
+    let want = key.expose().as_bytes();
+    let candidates = [
+        h.get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            }),
+        h.get("api-key").and_then(|v| v.to_str().ok()),
+        h.get("x-api-key").and_then(|v| v.to_str().ok()),
+    ];
+    let mut ok = false;
+    for c in candidates.into_iter().flatten() {
+        ok |= constant_time_eq(c.trim().as_bytes(), want);
+    }
+    ok
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The request body: kept in memory (replayable) or streamed.
+enum Body {
+    Kept(Bytes),
+    Stream(Incoming),
+}
+
+/// The injected header value for this token, computed once per token generation.
+fn header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error> {
+    if let Some(cached) = p.header_value.load().as_ref() {
+        if cached.0 == lease.generation() {
+            return Ok(cached.1.clone());
+        }
+    }
+    let text = p.inject.header_value(lease.token().secret().expose());
+    let mut v = HeaderValue::from_str(&text).map_err(|_| {
+        Error::new(
+            format!("provider {}", p.name),
+            ErrorKind::InvalidResponse("the token cannot be sent as a header value".into()),
+        )
+    })?;
+    v.set_sensitive(true);
+    p.header_value
+        .store(Some(Arc::new((lease.generation(), v.clone()))));
+    Ok(v)
+}
+
+fn upstream_error(p: &Provider, e: &reqwest::Error) -> (u16, &'static str, String) {
+    let mut cause = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    if cause.is_empty() {
+        cause = e.to_string();
+    }
+    let host = p
+        .upstream
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or(&p.upstream);
+    if e.is_timeout() {
+        (
+            504,
+            "upstream_timeout",
+            format!(
+                "tokenrelay: provider {}: upstream {host} timed out: {cause}",
+                p.name
+            ),
+        )
+    } else if e.is_connect() {
+        (
+            502,
+            "upstream_unreachable",
+            format!(
+                "tokenrelay: provider {}: upstream {host} unreachable: {cause}",
+                p.name
+            ),
+        )
+    } else {
+        (
+            502,
+            "upstream_failed",
+            format!(
+                "tokenrelay: provider {}: upstream {host} failed: {cause}",
+                p.name
+            ),
+        )
+    }
+}
+
+fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
+    p.metrics
+        .proxy_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let status = e.http_status();
+    p.metrics.record_status(status);
+    tracing::warn!(provider = %p.name, error = %e, "no token for request");
+    error_response(
+        p.style,
+        status,
+        "token_unavailable",
+        &format!("tokenrelay: provider {}: no valid token: {e}", p.name),
+    )
+}
+
+async fn send(
+    p: &Provider,
+    method: &http::Method,
+    url: &str,
+    headers: HeaderMap,
+    body: reqwest::Body,
+    lease: &CachedToken,
+) -> Result<reqwest::Response, Response<ProxyBody>> {
+    let value = header_value(p, lease).map_err(|e| token_error(p, &e))?;
+    let mut headers = headers;
+    headers.insert(p.inject_header.clone(), value);
+    for (k, v) in &p.extra_headers {
+        headers.insert(k.clone(), v.clone());
+    }
+    p.client
+        .request(method.clone(), url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            let (status, code, msg) = upstream_error(p, &e.without_url());
+            p.metrics
+                .proxy_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            p.metrics.record_status(status);
+            tracing::warn!(provider = %p.name, status, "{msg}");
+            error_response(p.style, status, code, &msg)
+        })
+}
+
+/// Forwards `req` to `p`, `strip` bytes of path prefix removed.
+pub(crate) async fn forward(
+    state: &State,
+    p: &Arc<Provider>,
+    req: Request<Incoming>,
+    strip: usize,
+) -> Response<ProxyBody> {
+    let started = tokio::time::Instant::now();
+    p.metrics
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let rest = path.get(strip..).unwrap_or("");
+    let mut url = String::with_capacity(p.upstream.len() + rest.len() + 64);
+    url.push_str(&p.upstream);
+    if !rest.starts_with('/') {
+        url.push('/');
+    }
+    url.push_str(rest);
+    if let Some(q) = parts.uri.query() {
+        url.push('?');
+        url.push_str(q);
+    }
+    headers::strip_request(&mut parts.headers, &p.inject_header);
+
+    // Keep small bodies so a rejected credential can be retried.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Body::Kept(Bytes::new())
+    } else if declared.is_some_and(|n| n <= state.replay_limit) {
+        match Limited::new(body, state.replay_limit).collect().await {
+            Ok(c) => Body::Kept(c.to_bytes()),
+            Err(e) => {
+                p.metrics.record_status(400);
+                return error_response(
+                    p.style,
+                    400,
+                    "request_body",
+                    &format!(
+                        "tokenrelay: provider {}: cannot read the request body: {e}",
+                        p.name
+                    ),
+                );
+            }
+        }
+    } else {
+        Body::Stream(body)
+    };
+
+    let lease = match p.entry.get_with_min_remaining(p.min_remaining).await {
+        Ok(l) => l,
+        Err(e) => return token_error(p, &e),
+    };
+    let (first_body, replay) = match body {
+        Body::Kept(b) => (reqwest::Body::from(b.clone()), Some(b)),
+        Body::Stream(s) => (reqwest::Body::wrap(s), None),
+    };
+    let retry_headers = replay.as_ref().map(|_| parts.headers.clone());
+    let mut resp = match send(p, &parts.method, &url, parts.headers, first_body, &lease).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if p.retry_on.contains(&resp.status().as_u16()) {
+        let rejected = resp.status().as_u16();
+        p.entry.invalidate(lease.generation());
+        if let (Some(bytes), Some(h)) = (replay, retry_headers) {
+            p.metrics
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(resp);
+            let fresh = match p.entry.get().await {
+                Ok(l) => l,
+                Err(e) => return token_error(p, &e),
+            };
+            tracing::info!(
+                provider = %p.name,
+                status = rejected,
+                old_generation = lease.generation(),
+                new_generation = fresh.generation(),
+                "upstream rejected the token; retrying once with a fresh one"
+            );
+            resp = match send(
+                p,
+                &parts.method,
+                &url,
+                h,
+                reqwest::Body::from(bytes),
+                &fresh,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+        } else {
+            tracing::info!(
+                provider = %p.name,
+                status = rejected,
+                "upstream rejected the token; body was streamed so the status is passed through (the next request gets a fresh token)"
+            );
+        }
+    }
+    let status = resp.status().as_u16();
+    p.metrics.record_status(status);
+    p.metrics.record_latency(started.elapsed());
+    tracing::debug!(provider = %p.name, status, elapsed_us = started.elapsed().as_micros() as u64, "forwarded");
+    let mut out: Response<reqwest::Body> = resp.into();
+    headers::strip_hop_by_hop(out.headers_mut());
+    out.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+}

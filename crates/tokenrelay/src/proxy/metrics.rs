@@ -1,0 +1,228 @@
+//! Per-provider counters, rendered in the Prometheus text format. Labels are provider names
+//! and status codes only: never anything from a token.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Counters for one provider. Lock-free: every field is an atomic.
+#[derive(Debug)]
+pub(crate) struct ProviderMetrics {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub proxy_errors: AtomicU64,
+    status: Vec<AtomicU64>,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Default for ProviderMetrics {
+    fn default() -> Self {
+        ProviderMetrics {
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            proxy_errors: AtomicU64::new(0),
+            status: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            buckets: Default::default(),
+            latency_count: AtomicU64::new(0),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ProviderMetrics {
+    pub(crate) fn record_status(&self, status: u16) {
+        if let Some(c) = self.status.get(usize::from(status)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records time to response headers.
+    pub(crate) fn record_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the renderer needs from each provider.
+pub(crate) struct Sample<'a> {
+    pub provider: &'a str,
+    pub metrics: &'a ProviderMetrics,
+    pub acquisitions: u64,
+    pub refresh_failures: u64,
+    pub seconds_until_expiry: Option<f64>,
+    pub ready: bool,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders all providers' metrics.
+pub(crate) fn render(samples: &[Sample<'_>]) -> String {
+    let mut out = String::with_capacity(4096);
+    family(
+        &mut out,
+        "tokenrelay_requests_total",
+        "counter",
+        "Requests received per provider.",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_requests_total{{provider=\"{}\"}} {}",
+            s.provider,
+            s.metrics.requests.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_responses_total",
+        "counter",
+        "Responses sent per provider and HTTP status (upstream or the proxy's own).",
+    );
+    for s in samples {
+        for (code, c) in s.metrics.status.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "tokenrelay_responses_total{{provider=\"{}\",status=\"{code}\"}} {n}",
+                    s.provider
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "tokenrelay_retries_total",
+        "counter",
+        "Requests retried once after the upstream rejected the credential.",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_retries_total{{provider=\"{}\"}} {}",
+            s.provider,
+            s.metrics.retries.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_proxy_errors_total",
+        "counter",
+        "Requests answered with the proxy's own error (no token, upstream unreachable).",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_proxy_errors_total{{provider=\"{}\"}} {}",
+            s.provider,
+            s.metrics.proxy_errors.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_token_acquisitions_total",
+        "counter",
+        "Successful token acquisitions from the source.",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_token_acquisitions_total{{provider=\"{}\"}} {}",
+            s.provider, s.acquisitions
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_token_refresh_failures_total",
+        "counter",
+        "Failed token acquisitions from the source.",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_token_refresh_failures_total{{provider=\"{}\"}} {}",
+            s.provider, s.refresh_failures
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_token_expiry_seconds",
+        "gauge",
+        "Seconds until the held token expires (absent when none is held).",
+    );
+    for s in samples {
+        if let Some(secs) = s.seconds_until_expiry {
+            let _ = writeln!(
+                out,
+                "tokenrelay_token_expiry_seconds{{provider=\"{}\"}} {secs:.3}",
+                s.provider
+            );
+        }
+    }
+    family(
+        &mut out,
+        "tokenrelay_provider_ready",
+        "gauge",
+        "1 when the provider holds a valid token.",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_provider_ready{{provider=\"{}\"}} {}",
+            s.provider,
+            u8::from(s.ready)
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_upstream_latency_seconds",
+        "histogram",
+        "Time from request to upstream response headers, including token retrieval and any retry.",
+    );
+    for s in samples {
+        let m = s.metrics;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tokenrelay_upstream_latency_seconds_bucket{{provider=\"{}\",le=\"{bound}\"}} {}",
+                s.provider,
+                m.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = m.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "tokenrelay_upstream_latency_seconds_bucket{{provider=\"{}\",le=\"+Inf\"}} {count}",
+            s.provider
+        );
+        let _ = writeln!(
+            out,
+            "tokenrelay_upstream_latency_seconds_sum{{provider=\"{}\"}} {:.6}",
+            s.provider,
+            m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "tokenrelay_upstream_latency_seconds_count{{provider=\"{}\"}} {count}",
+            s.provider
+        );
+    }
+    out
+}

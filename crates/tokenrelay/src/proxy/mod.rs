@@ -1,0 +1,561 @@
+//! The sidecar: a streaming reverse proxy that injects fresh tokens.
+//!
+//! ```text
+//! request → local key check → route (path prefix / listener) → strip inbound credentials
+//!   → cache.get (refresh first if < min_remaining left) → inject → forward, streaming both ways
+//!   → on `retry_on` status: invalidate that generation, re-acquire, retry once if the body
+//!     was kept (≤ replay limit), else pass the status through → response
+//! ```
+//!
+//! `/healthz`, `/readyz`, `/metrics` and `/status` are answered on the main listener unless an
+//! admin listener is configured. The proxy's own errors are JSON in the provider's error shape.
+//!
+//! ```no_run
+//! # async fn demo() -> tokenrelay::Result<()> {
+//! use std::sync::Arc;
+//! use tokenrelay::config::Config;
+//! use tokenrelay::proxy::{Proxy, ProxyOptions};
+//! use tokenrelay::source::ProcessEnv;
+//!
+//! let cfg = Config::from_file("tokenrelay.toml".as_ref())?;
+//! let proxy = Proxy::new(&cfg, &(Arc::new(ProcessEnv) as _), ProxyOptions::default())?;
+//! let bound = proxy.bind().await?;
+//! println!("listening on {}", bound.local_addr());
+//! bound.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod admin;
+mod forward;
+mod headers;
+mod metrics;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cache::{Cache, CacheEntry};
+use crate::config::{Config, ErrorStyle, Inject, DEFAULT_LISTEN, DEFAULT_MIN_REMAINING};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
+use crate::source::{SharedEnv, Source};
+
+/// Largest request body kept in memory so that the request can be replayed after a 401
+/// (1 MiB): chat requests, even with long histories, fit; a larger upload is streamed and a
+/// 401 on it is passed through to the client (the next request gets a fresh token).
+pub const DEFAULT_REPLAY_LIMIT: usize = 1024 * 1024;
+
+/// How long in-flight requests (and streams) may run after SIGINT/SIGTERM before the proxy
+/// closes them (30 s).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Time allowed to connect to an upstream (10 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of the proxy's responses.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Options that are not part of the config file.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxyOptions {
+    /// Overrides the config's `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Overrides the config's `admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// The key local clients must present (`Authorization: Bearer`, `api-key` or `x-api-key`).
+    pub local_key: Option<Secret>,
+    /// See [`DEFAULT_REPLAY_LIMIT`].
+    pub replay_limit: usize,
+    /// See [`DEFAULT_SHUTDOWN_GRACE`].
+    pub shutdown_grace: Duration,
+    /// Speak HTTP/2 with prior knowledge to plain-HTTP upstreams (h2c).
+    pub upstream_h2c: bool,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            listen: None,
+            admin_listen: None,
+            local_key: None,
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            upstream_h2c: false,
+        }
+    }
+}
+
+/// One provider at run time.
+pub(crate) struct Provider {
+    pub name: Arc<str>,
+    pub upstream: String,
+    pub prefix: Option<String>,
+    pub inject: Inject,
+    pub inject_header: HeaderName,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    pub entry: CacheEntry,
+    pub retry_on: Vec<u16>,
+    pub min_remaining: Duration,
+    pub style: ErrorStyle,
+    pub client: reqwest::Client,
+    pub metrics: metrics::ProviderMetrics,
+    /// The injected header value for the current token generation.
+    pub header_value: ArcSwapOption<(u64, HeaderValue)>,
+}
+
+/// How a listener routes.
+#[derive(Clone)]
+pub(crate) struct Router {
+    root: Option<usize>,
+    prefixed: Vec<(String, usize)>,
+    admin: bool,
+}
+
+pub(crate) struct State {
+    pub providers: Vec<Arc<Provider>>,
+    pub local_key: Option<Secret>,
+    pub replay_limit: usize,
+}
+
+/// A configured proxy, not yet listening.
+pub struct Proxy {
+    state: Arc<State>,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    own_listeners: Vec<(SocketAddr, usize)>,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listen", &self.listen)
+            .field("providers", &self.state.providers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_client(cfg: &Config, opts: &ProxyOptions) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90));
+    if opts.upstream_h2c {
+        b = b.http2_prior_knowledge();
+    }
+    if let Some(path) = &cfg.ca_bundle {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::config("ca_bundle", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::config(
+                "ca_bundle",
+                format!("{} is not a PEM bundle: {e}", path.display()),
+            )
+        })?;
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::config("proxy", format!("cannot build the HTTP client: {e}")))
+}
+
+impl Proxy {
+    /// Builds the proxy for every provider in `cfg` (each must have an `upstream`).
+    ///
+    /// # Errors
+    /// A config error: a provider without upstream, two root providers on one listener, a
+    /// non-loopback listener without a local key, a source that cannot be built.
+    pub fn new(cfg: &Config, env: &SharedEnv, opts: ProxyOptions) -> Result<Proxy> {
+        let mut sources = Vec::with_capacity(cfg.providers.len());
+        for (i, p) in cfg.providers.iter().enumerate() {
+            let at = format!("provider[{i}] ({})", p.name);
+            sources.push(p.source.build(&format!("{at}.source"), env)?);
+        }
+        Self::with_sources(cfg, sources, env, opts)
+    }
+
+    /// Like [`Proxy::new`], but with the sources given (one per provider, in order) instead
+    /// of built from each provider's `[provider.source]`: for embedding custom sources.
+    ///
+    /// # Errors
+    /// As [`Proxy::new`], and when the number of sources does not match.
+    pub fn with_sources(
+        cfg: &Config,
+        sources: Vec<Arc<dyn Source>>,
+        env: &SharedEnv,
+        opts: ProxyOptions,
+    ) -> Result<Proxy> {
+        if cfg.providers.is_empty() {
+            return Err(Error::config("config", "no [[provider]] is configured"));
+        }
+        if sources.len() != cfg.providers.len() {
+            return Err(Error::config(
+                "proxy",
+                format!(
+                    "{} sources for {} providers",
+                    sources.len(),
+                    cfg.providers.len()
+                ),
+            ));
+        }
+        let client = build_client(cfg, &opts)?;
+        let mut providers = Vec::new();
+        for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
+            let at = format!("provider[{i}] ({})", p.name);
+            let upstream = p
+                .upstream
+                .as_deref()
+                .ok_or_else(|| {
+                    Error::config(at.clone(), "no upstream URL (upstream = \"https://…\")")
+                })?
+                .trim_end_matches('/')
+                .to_owned();
+            let entry = Cache::new(source).entry(p.request());
+            let inject_header = HeaderName::from_bytes(p.inject.header_name().as_bytes())
+                .map_err(|e| Error::config(format!("{at}.inject"), e.to_string()))?;
+            let mut extra_headers = Vec::new();
+            for (k, v) in &p.headers {
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|e| Error::config(format!("{at}.headers"), e.to_string()))?;
+                let value = HeaderValue::from_str(v)
+                    .map_err(|e| Error::config(format!("{at}.headers.{k}"), e.to_string()))?;
+                extra_headers.push((name, value));
+            }
+            providers.push(Arc::new(Provider {
+                name: p.name.as_str().into(),
+                upstream,
+                prefix: p.path_prefix.clone(),
+                inject: p.inject.clone(),
+                inject_header,
+                extra_headers,
+                entry,
+                retry_on: p.retry_on.clone(),
+                min_remaining: p.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING),
+                style: p.error_style(),
+                client: client.clone(),
+                metrics: metrics::ProviderMetrics::default(),
+                header_value: ArcSwapOption::empty(),
+            }));
+        }
+        let listen = match opts.listen.or(cfg.listen) {
+            Some(a) => a,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| Error::config("listen", "bad default"))?,
+        };
+        let admin_listen = opts.admin_listen.or(cfg.admin_listen);
+        let own_listeners: Vec<(SocketAddr, usize)> = cfg
+            .providers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.listen.map(|a| (a, i)))
+            .collect();
+        let local_key = match (&opts.local_key, &cfg.local_key_env, &cfg.local_key_file) {
+            (Some(k), _, _) => Some(k.clone()),
+            (None, Some(var), _) => Some(Secret::new(env.var(var).ok_or_else(|| {
+                Error::config(
+                    "local_key_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?)),
+            (None, None, Some(path)) => Some(Secret::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        Error::config(
+                            "local_key_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            )),
+            _ => None,
+        };
+        if local_key.as_ref().is_some_and(Secret::is_empty) {
+            return Err(Error::config("local key", "the local key is empty"));
+        }
+        let all_addrs = std::iter::once(listen)
+            .chain(admin_listen)
+            .chain(own_listeners.iter().map(|(a, _)| *a));
+        for addr in all_addrs {
+            if !addr.ip().is_loopback() && local_key.is_none() {
+                return Err(Error::config(
+                    "listen",
+                    format!("{addr} is not a loopback address: binding it requires a local key (local_key_env / local_key_file) so that only your clients can use your tokens"),
+                ));
+            }
+        }
+        let state = State {
+            providers,
+            local_key,
+            replay_limit: opts.replay_limit,
+        };
+        let proxy = Proxy {
+            state: Arc::new(state),
+            listen,
+            admin_listen,
+            own_listeners,
+            shutdown_grace: opts.shutdown_grace,
+        };
+        proxy.main_router()?;
+        Ok(proxy)
+    }
+
+    fn main_router(&self) -> Result<Router> {
+        let mut root = None;
+        let mut prefixed = Vec::new();
+        for (i, p) in self.state.providers.iter().enumerate() {
+            if self.own_listeners.iter().any(|(_, j)| *j == i) {
+                continue;
+            }
+            match &p.prefix {
+                Some(pre) => prefixed.push((pre.clone(), i)),
+                None if root.is_none() => root = Some(i),
+                None => {
+                    return Err(Error::config(
+                        format!("provider {}", p.name),
+                        "two providers share the main listener without a path_prefix; give each but one a path_prefix (or a listen address of its own)",
+                    ))
+                }
+            }
+        }
+        // Longest prefix first.
+        prefixed.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(Router {
+            root,
+            prefixed,
+            admin: self.admin_listen.is_none(),
+        })
+    }
+
+    /// Binds every listener.
+    ///
+    /// # Errors
+    /// When an address cannot be bound.
+    pub async fn bind(self) -> Result<BoundProxy> {
+        let mut listeners = Vec::new();
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                Error::new(
+                    "proxy",
+                    ErrorKind::Unavailable(format!("cannot listen on {addr}: {e}")),
+                )
+            })
+        };
+        listeners.push((bind(self.listen).await?, self.main_router()?));
+        if let Some(a) = self.admin_listen {
+            listeners.push((
+                bind(a).await?,
+                Router {
+                    root: None,
+                    prefixed: Vec::new(),
+                    admin: true,
+                },
+            ));
+        }
+        for (a, i) in &self.own_listeners {
+            listeners.push((
+                bind(*a).await?,
+                Router {
+                    root: Some(*i),
+                    prefixed: Vec::new(),
+                    admin: false,
+                },
+            ));
+        }
+        let addrs = listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect();
+        Ok(BoundProxy {
+            state: self.state,
+            listeners,
+            addrs,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// A proxy with its listeners bound.
+pub struct BoundProxy {
+    state: Arc<State>,
+    listeners: Vec<(TcpListener, Router)>,
+    addrs: Vec<SocketAddr>,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for BoundProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundProxy")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundProxy {
+    /// Address of the main listener (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Addresses of all listeners: main, then admin (if any), then per-provider ones.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish for up to the shutdown grace. Also starts acquiring every provider's token.
+    ///
+    /// # Errors
+    /// Never in practice; accept errors are logged and retried.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        for p in &self.state.providers {
+            let p = p.clone();
+            tokio::spawn(async move {
+                if let Err(e) = p.entry.get().await {
+                    tracing::warn!(provider = %p.name, error = %e, "initial token acquisition failed; will retry");
+                }
+            });
+        }
+        let (tx, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (listener, router) in self.listeners {
+            let state = self.state.clone();
+            let rx = rx.clone();
+            let grace = self.shutdown_grace;
+            tasks.push(tokio::spawn(accept_loop(
+                listener, router, state, rx, grace,
+            )));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; letting in-flight requests finish");
+        let _ = tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let router = router.clone();
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(handle(state, router, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "in-flight requests still running after the grace period; closing them"
+        );
+    }
+}
+
+async fn handle(state: Arc<State>, router: Router, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if router.admin && admin::is_admin_path(path) {
+        return admin::respond(&state, &req);
+    }
+    if router.root.is_none() && router.prefixed.is_empty() {
+        return forward::plain_error(404, "not found");
+    }
+    // Route.
+    let mut chosen = None;
+    for (prefix, i) in &router.prefixed {
+        if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+            if rest.is_empty() || rest.starts_with('/') {
+                chosen = Some((*i, prefix.len()));
+                break;
+            }
+        }
+    }
+    let (idx, strip) = match chosen.or(router.root.map(|i| (i, 0))) {
+        Some(x) => x,
+        None => {
+            let known: Vec<_> = router.prefixed.iter().map(|(p, _)| p.as_str()).collect();
+            return forward::plain_error(
+                404,
+                &format!(
+                    "no provider for path {path:?} (prefixes: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    };
+    let Some(provider) = state.providers.get(idx).cloned() else {
+        return forward::plain_error(500, "routing table is inconsistent");
+    };
+    if let Some(key) = &state.local_key {
+        if !forward::has_local_key(req.headers(), key) {
+            provider.metrics.record_status(401);
+            return forward::error_response(
+                provider.style,
+                401,
+                "local_key_invalid",
+                &format!(
+                    "tokenrelay: provider {}: missing or wrong local key (send it as Authorization: Bearer, api-key or x-api-key)",
+                    provider.name
+                ),
+            );
+        }
+    }
+    forward::forward(&state, &provider, req, strip).await
+}
+
+#[cfg(test)]
+mod tests;
