@@ -556,6 +556,3 @@ async fn handle(state: Arc<State>, router: Router, req: Request<Incoming>) -> Re
     }
     forward::forward(&state, &provider, req, strip).await
 }
-
-#[cfg(test)]
-mod tests;

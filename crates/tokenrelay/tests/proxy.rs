@@ -1,0 +1,606 @@
+//! The sidecar end to end, in-process: real hyper listener, real reqwest egress, loopback upstreams.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use support::*;
+use tokenrelay::proxy::ProxyOptions;
+use tokenrelay::Source;
+
+fn src(i: &Arc<Issuer>) -> Arc<dyn Source> {
+    Arc::new(IssuerSource(i.clone()))
+}
+
+/// An upstream that accepts only valid tokens from `issuer`, like a real provider.
+async fn checking_upstream(issuer: Arc<Issuer>, reject_status: u16) -> Upstream {
+    Upstream::start(move |seen| match bearer(&seen.headers) {
+        Some(t) if issuer.accepts(&t) => full(
+            200,
+            format!(
+                r#"{{"ok":true,"token_ok":true,"path":"{}"}}"#,
+                seen.path_and_query
+            ),
+        ),
+        _ => full(
+            reject_status,
+            r#"{"error":{"message":"bad token","code":"invalid_api_key"}}"#,
+        ),
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_across_lifetimes_has_no_client_visible_401() {
+    let issuer = Issuer::new("a", Duration::from_millis(1500));
+    let up = checking_upstream(issuer.clone(), 401).await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..45 {
+        let r = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let n = issuer.acquisitions();
+    assert!(
+        n >= 3,
+        "~4.5 s of 1.5 s tokens must take several acquisitions, got {n}"
+    );
+    // every upstream request carried a valid token (no 401 at the upstream either)
+    assert_eq!(up.seen().len(), 45);
+}
+
+#[tokio::test]
+async fn rejected_token_is_invalidated_and_request_retried_once() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = checking_upstream(issuer.clone(), 401).await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{addr}/x"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    issuer.revoke_all();
+    let r = client
+        .post(format!("http://{addr}/x"))
+        .body("hello again")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3, "first ok, then rejected, then retried");
+    assert_eq!(bearer(&seen[1].headers).unwrap(), "tok-a-1");
+    assert_eq!(bearer(&seen[2].headers).unwrap(), "tok-a-2");
+    assert_eq!(
+        seen[2].body,
+        Bytes::from("hello again"),
+        "the retry replays the same body"
+    );
+    assert_eq!(issuer.acquisitions(), 2);
+    let status: Value = client
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["providers"][0]["retries"], 1);
+}
+
+#[tokio::test]
+async fn a_second_rejection_is_passed_through_never_looped() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(401, r#"{"error":{"message":"nope"}}"#)).await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/x"))
+        .body("b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(up.seen().len(), 2, "one try and one retry, no loop");
+}
+
+#[tokio::test]
+async fn gateway_403_counts_as_rejection_when_configured() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = checking_upstream(issuer.clone(), 403).await;
+    let toml = provider_toml("a", &up.url(), "retry_on = [401, 403]");
+    let addr = proxy(&toml, vec![src(&issuer)], ProxyOptions::default()).await;
+    let client = reqwest::Client::new();
+    client.get(format!("http://{addr}/x")).send().await.unwrap();
+    issuer.revoke_all();
+    let r = client.get(format!("http://{addr}/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(issuer.acquisitions(), 2);
+}
+
+#[tokio::test]
+async fn non_replayable_body_passes_401_through_and_next_request_recovers() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = checking_upstream(issuer.clone(), 401).await;
+    let mut opts = ProxyOptions::default();
+    opts.replay_limit = 16;
+    let addr = proxy(&provider_toml("a", &up.url(), ""), vec![src(&issuer)], opts).await;
+    let client = reqwest::Client::new();
+    client
+        .get(format!("http://{addr}/warm"))
+        .send()
+        .await
+        .unwrap();
+    issuer.revoke_all();
+    let big = vec![b'x'; 1024];
+    let r = client
+        .post(format!("http://{addr}/x"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a body larger than the replay buffer cannot be retried"
+    );
+    let r = client
+        .post(format!("http://{addr}/x"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the rejected token was invalidated, the next request has a fresh one"
+    );
+    let seen = up.seen();
+    assert_eq!(
+        seen[2].body.len(),
+        1024,
+        "large bodies are streamed through intact"
+    );
+}
+
+#[tokio::test]
+async fn sse_events_arrive_as_they_are_sent() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let sent_at: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let sent = sent_at.clone();
+    let up = Upstream::start_raw(move |_req, _seen| {
+        let sent = sent.clone();
+        async move {
+            let stream = futures_util::stream::unfold(0u32, move |i| {
+                let sent = sent.clone();
+                async move {
+                    if i == 5 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    sent.lock().unwrap().push(tokio::time::Instant::now());
+                    Some((
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
+                            "data: {i}\n\n"
+                        )))),
+                        i + 1,
+                    ))
+                }
+            });
+            let mut r = http::Response::new(StreamBody::new(stream).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("http://{addr}/sse"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut received = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        let at = tokio::time::Instant::now();
+        for _ in 0..String::from_utf8_lossy(&chunk).matches("data:").count() {
+            received.push(at);
+        }
+    }
+    let sent = sent_at.lock().unwrap().clone();
+    assert_eq!(received.len(), 5);
+    for (i, (s, r)) in sent.iter().zip(&received).enumerate() {
+        let delay = r.duration_since(*s);
+        println!("event {i}: forwarded after {delay:?}");
+        assert!(
+            delay < Duration::from_millis(100),
+            "event {i} was held back {delay:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    struct OnDrop(Arc<AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let up = Upstream::start_raw(move |_req, _seen| {
+        let guard = OnDrop(d.clone());
+        async move {
+            let stream = futures_util::stream::unfold((0u32, guard), |(i, g)| async move {
+                if i == 200 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from("data: x\n\n"))),
+                    (i + 1, g),
+                ))
+            });
+            http::Response::new(StreamBody::new(stream).boxed_unsync())
+        }
+    })
+    .await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("http://{addr}/sse"))
+        .send()
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap();
+    resp.chunk().await.unwrap();
+    drop(resp);
+    for _ in 0..40 {
+        if dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the upstream stream was still running 2 s after the client went away");
+}
+
+#[tokio::test]
+async fn providers_are_isolated() {
+    let a = Issuer::new("a", Duration::from_secs(3600));
+    let b = Issuer::new("b", Duration::from_secs(3600));
+    let up_a = checking_upstream(a.clone(), 401).await;
+    let up_b = checking_upstream(b.clone(), 401).await;
+    let toml = format!(
+        "{}{}",
+        provider_toml("a", &up_a.url(), "path_prefix = \"/a\""),
+        provider_toml(
+            "b",
+            &up_b.url(),
+            "path_prefix = \"/b\"\ninject = \"x-api-key\""
+        )
+    );
+    let addr = proxy(&toml, vec![src(&a), src(&b)], ProxyOptions::default()).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("http://{addr}/a/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = client
+        .get(format!("http://{addr}/b/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    // b injects x-api-key, which the checking upstream does not read as a bearer → 401 after one retry
+    assert_eq!(r.status(), 401);
+    assert_eq!(up_b.seen()[0].headers["x-api-key"], "tok-b-1");
+    assert_eq!(
+        up_a.seen()[0].path_and_query,
+        "/v1/models",
+        "prefix is stripped"
+    );
+    a.revoke_all();
+    assert_eq!(
+        client
+            .get(format!("http://{addr}/a/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(a.acquisitions(), 2);
+    assert_eq!(
+        b.acquisitions(),
+        2,
+        "b's own two rejections; a's 401 never touched b"
+    );
+    let r = client
+        .get(format!("http://{addr}/c/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn inbound_credentials_are_stripped_and_ours_injected() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let toml = provider_toml(
+        "a",
+        &up.url(),
+        "inject = \"api-key\"\nheaders = { \"x-extra\" = \"1\" }",
+    );
+    let addr = proxy(&toml, vec![src(&issuer)], ProxyOptions::default()).await;
+    reqwest::Client::new()
+        .get(format!(
+            "http://{addr}/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        ))
+        .header("authorization", "Bearer client-secret")
+        .header("api-key", "client-key")
+        .header("x-api-key", "client-x")
+        .header("x-keep", "yes")
+        .send()
+        .await
+        .unwrap();
+    let seen = &up.seen()[0];
+    assert_eq!(
+        seen.path_and_query,
+        "/openai/deployments/d/chat/completions?api-version=2024-10-21"
+    );
+    assert!(seen.headers.get("authorization").is_none());
+    assert!(seen.headers.get("x-api-key").is_none());
+    assert_eq!(seen.headers.get_all("api-key").iter().count(), 1);
+    assert_eq!(seen.headers["api-key"], "tok-a-1");
+    assert_eq!(seen.headers["x-extra"], "1");
+    assert_eq!(seen.headers["x-keep"], "yes");
+}
+
+#[tokio::test]
+async fn local_key_is_enforced_and_never_forwarded() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let mut opts = ProxyOptions::default();
+    opts.local_key = Some(tokenrelay::Secret::new("trl-local"));
+    let addr = proxy(&provider_toml("a", &up.url(), ""), vec![src(&issuer)], opts).await;
+    let client = reqwest::Client::new();
+    let r = client.get(format!("http://{addr}/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "local_key_invalid");
+    let r = client
+        .get(format!("http://{addr}/x"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for (h, v) in [
+        ("authorization", "Bearer trl-local"),
+        ("x-api-key", "trl-local"),
+        ("api-key", "trl-local"),
+    ] {
+        let r = client
+            .get(format!("http://{addr}/x"))
+            .header(h, v)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{h}");
+    }
+    for s in up.seen() {
+        for (_, v) in s.headers.iter() {
+            assert!(
+                !v.to_str().unwrap_or("").contains("trl-local"),
+                "local key leaked upstream"
+            );
+        }
+    }
+    // /healthz stays open for probes; /status needs the key
+    assert_eq!(
+        client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("http://{addr}/status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn non_loopback_listen_requires_a_local_key() {
+    let cfg = tokenrelay::config::Config::from_toml(
+        &format!(
+            "listen = \"0.0.0.0:0\"\n{}",
+            provider_toml("a", "http://127.0.0.1:9", "")
+        ),
+        "t",
+    )
+    .unwrap();
+    let env: tokenrelay::source::SharedEnv = Arc::new(tokenrelay::source::MapEnv::default());
+    let err = tokenrelay::proxy::Proxy::new(&cfg, &env, ProxyOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("requires a local key"), "{err}");
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = client.get(format!("http://{addr}/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), http::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn http2_to_upstream_with_prior_knowledge() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let mut opts = ProxyOptions::default();
+    opts.upstream_h2c = true;
+    let addr = proxy(&provider_toml("a", &up.url(), ""), vec![src(&issuer)], opts).await;
+    let r = reqwest::get(format!("http://{addr}/x")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.seen()[0].version, http::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_a_json_502_naming_the_provider() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    // bind and drop to get a port nobody listens on
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = proxy(
+        &provider_toml("azure", &format!("http://127.0.0.1:{port}"), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let r = reqwest::get(format!("http://{addr}/x")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("provider azure") && msg.contains("unreachable"),
+        "{msg}"
+    );
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    assert!(!msg.contains("tok-a"), "{msg}");
+}
+
+#[tokio::test]
+async fn failing_source_is_a_json_503_in_the_provider_shape() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    issuer.fail.store(true, Ordering::SeqCst);
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let toml = provider_toml("claude", &up.url(), "inject = \"x-api-key\"");
+    let addr = proxy(&toml, vec![src(&issuer)], ProxyOptions::default()).await;
+    let r = reqwest::get(format!("http://{addr}/v1/messages"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["type"], "error",
+        "anthropic shape for an x-api-key provider"
+    );
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("provider claude") && msg.contains("issuer is down"),
+        "{msg}"
+    );
+    assert!(up.seen().is_empty());
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test]
+async fn admin_endpoints_never_show_token_bytes() {
+    let issuer = Issuer::new("secretive", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    reqwest::get(format!("http://{addr}/x")).await.unwrap();
+    for path in ["/status", "/metrics", "/readyz", "/healthz"] {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains("tok-secretive"),
+            "{path} shows the token: {text}"
+        );
+        if path == "/metrics" {
+            assert!(
+                text.contains("tokenrelay_requests_total{provider=\"a\"} 1"),
+                "{text}"
+            );
+            assert!(
+                text.contains("tokenrelay_token_acquisitions_total{provider=\"a\"} 1"),
+                "{text}"
+            );
+            assert!(
+                text.contains("tokenrelay_upstream_latency_seconds_count{provider=\"a\"} 1"),
+                "{text}"
+            );
+        }
+        if path == "/status" {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["providers"][0]["source_kind"], "issuer");
+            assert!(v["providers"][0]["expires_in_s"].as_f64().unwrap() > 3500.0);
+        }
+    }
+}
