@@ -196,7 +196,7 @@ impl Source for IssuerSource {
         "issuer"
     }
     fn describe(&self) -> String {
-        format!("issuer source {}", self.0.name)
+        "issuer source".to_owned()
     }
 }
 
