@@ -1,4 +1,5 @@
 //! The `tokenrelay` binary: exit codes, the helper's shared cache across processes, `run`, `serve`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -24,24 +25,43 @@ fn token_prints_and_caches() {
     let count = dir.path().join("count");
     let cmd = format!("echo run >> {}; echo sk-test-123", count.display());
     for _ in 0..3 {
-        let (code, out, err) = run(bin().args(["token", "--command", &cmd, "--cache-dir"]).arg(dir.path().join("c")));
+        let (code, out, err) = run(bin()
+            .args(["token", "--command", &cmd, "--cache-dir"])
+            .arg(dir.path().join("c")));
         assert_eq!((code, out.as_str()), (0, "sk-test-123\n"), "{err}");
     }
     assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1);
-    let (code, out, _) = run(bin().args(["token", "--command", &cmd, "-o", "json", "--invalidate", "--cache-dir"]).arg(dir.path().join("c")));
+    let (code, out, _) = run(bin()
+        .args([
+            "token",
+            "--command",
+            &cmd,
+            "-o",
+            "json",
+            "--invalidate",
+            "--cache-dir",
+        ])
+        .arg(dir.path().join("c")));
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["token"], "sk-test-123");
     assert_eq!(v["source"], "command");
     assert!(v["expiresOnTimestamp"].as_u64().unwrap() > 1_700_000_000_000);
-    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 2, "--invalidate re-ran the source");
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().lines().count(),
+        2,
+        "--invalidate re-ran the source"
+    );
 }
 
 #[test]
 fn parallel_helpers_run_the_source_once() {
     let dir = tempfile::tempdir().unwrap();
     let count = dir.path().join("count");
-    let cmd = format!("echo run >> {}; sleep 0.5; echo sk-parallel", count.display());
+    let cmd = format!(
+        "echo run >> {}; sleep 0.5; echo sk-parallel",
+        count.display()
+    );
     let children: Vec<_> = (0..10)
         .map(|_| {
             bin()
@@ -55,21 +75,37 @@ fn parallel_helpers_run_the_source_once() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "sk-parallel\n");
     }
-    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1, "ten parallel calls, one command run");
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().lines().count(),
+        1,
+        "ten parallel calls, one command run"
+    );
 }
 
 #[test]
 fn exit_codes_and_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     // runtime failure: 1, one line naming the source and cause
-    let (code, out, err) = run(bin().args(["token", "--no-cache", "--command", "echo 'az: please run az login' >&2; exit 1"]));
+    let (code, out, err) = run(bin().args([
+        "token",
+        "--no-cache",
+        "--command",
+        "echo 'az: please run az login' >&2; exit 1",
+    ]));
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("command source `echo`: exited with status 1: az: please run az login"), "{err}");
+    assert!(
+        err.contains("command source `echo`: exited with status 1: az: please run az login"),
+        "{err}"
+    );
     // garbage output
     let (code, _, err) = run(bin().args(["token", "--no-cache", "--command", "echo not a token"]));
     assert_eq!(code, 1);
@@ -77,12 +113,24 @@ fn exit_codes_and_one_line_errors() {
     // missing file, unset env
     let (code, _, err) = run(bin().args(["token", "--file", "/nonexistent/tok"]));
     assert_eq!(code, 1);
-    assert!(err.contains("file source /nonexistent/tok: cannot read"), "{err}");
-    let (code, _, err) = run(bin().args(["token", "--env", "TOKENRELAY_TEST_UNSET"]).env_remove("TOKENRELAY_TEST_UNSET"));
+    assert!(
+        err.contains("file source /nonexistent/tok: cannot read"),
+        "{err}"
+    );
+    let (code, _, err) = run(bin()
+        .args(["token", "--env", "TOKENRELAY_TEST_UNSET"])
+        .env_remove("TOKENRELAY_TEST_UNSET"));
     assert_eq!(code, 1);
     assert!(err.contains("TOKENRELAY_TEST_UNSET is not set"), "{err}");
     // timeout
-    let (code, _, err) = run(bin().args(["token", "--no-cache", "--timeout", "300ms", "--command", "sleep 5"]));
+    let (code, _, err) = run(bin().args([
+        "token",
+        "--no-cache",
+        "--timeout",
+        "300ms",
+        "--command",
+        "sleep 5",
+    ]));
     assert_eq!(code, 1);
     assert!(err.contains("timed out after 300ms"), "{err}");
     // usage errors: 2
@@ -91,10 +139,17 @@ fn exit_codes_and_one_line_errors() {
     let (code, _, _) = run(bin().args(["token", "--bogus"]));
     assert_eq!(code, 2);
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"command\"\ncomand = \"x\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"command\"\ncomand = \"x\"\n",
+    )
+    .unwrap();
     let (code, _, err) = run(bin().args(["token", "--config"]).arg(&cfg));
     assert_eq!(code, 2);
-    assert!(err.contains("bad.toml") && err.contains("line ") && err.contains("comand"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("line ") && err.contains("comand"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -107,32 +162,57 @@ fn token_from_config_with_provider() {
          [[provider]]\nname = \"b\"\n[provider.source]\nkind = \"env\"\nname = \"B_TOKEN\"\n",
     )
     .unwrap();
-    let (code, out, err) = run(bin().args(["token", "--no-cache", "--provider", "a", "--config"]).arg(&cfg));
+    let (code, out, err) = run(bin()
+        .args(["token", "--no-cache", "--provider", "a", "--config"])
+        .arg(&cfg));
     assert_eq!((code, out.as_str()), (0, "tok-a-s-a\n"), "{err}");
-    let (code, out, _) = run(bin().args(["token", "--provider", "b", "--config"]).arg(&cfg).env("B_TOKEN", "bee"));
+    let (code, out, _) = run(bin()
+        .args(["token", "--provider", "b", "--config"])
+        .arg(&cfg)
+        .env("B_TOKEN", "bee"));
     assert_eq!((code, out.as_str()), (0, "bee\n"));
     let (code, _, err) = run(bin().args(["token", "--config"]).arg(&cfg));
     assert_eq!(code, 2);
     assert!(err.contains("--provider"), "{err}");
-    let (code, out, _) = run(bin().args(["check", "--json", "--config"]).arg(&cfg).env("B_TOKEN", "bee"));
+    let (code, out, _) = run(bin()
+        .args(["check", "--json", "--config"])
+        .arg(&cfg)
+        .env("B_TOKEN", "bee"));
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["providers"][0]["ok"], true);
-    assert!(!out.contains("tok-a"), "check never prints the token: {out}");
+    assert!(
+        !out.contains("tok-a"),
+        "check never prints the token: {out}"
+    );
 }
 
 #[test]
 fn exec_credential_and_decode() {
-    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZSIsImV4cCI6MjAwMDAwMDAwMH0.c2lnbmF0dXJl";
-    let (code, out, _) = run(bin().args(["token", "--no-cache", "-o", "exec-credential", "--command", &format!("echo {jwt}")]));
+    let jwt =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZSIsImV4cCI6MjAwMDAwMDAwMH0.c2lnbmF0dXJl";
+    let (code, out, _) = run(bin().args([
+        "token",
+        "--no-cache",
+        "-o",
+        "exec-credential",
+        "--command",
+        &format!("echo {jwt}"),
+    ]));
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["kind"], "ExecCredential");
     assert_eq!(v["status"]["expirationTimestamp"], "2033-05-18T03:33:20Z");
     let (code, out, _) = run(bin().args(["decode", jwt]));
     assert_eq!(code, 0);
-    assert!(out.contains("\"sub\": \"me\"") && out.contains("2033-05-18T03:33:20Z"), "{out}");
-    assert!(!out.contains("c2lnbmF0dXJl"), "decode never prints the signature");
+    assert!(
+        out.contains("\"sub\": \"me\"") && out.contains("2033-05-18T03:33:20Z"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("c2lnbmF0dXJl"),
+        "decode never prints the signature"
+    );
     let (code, _, err) = run(bin().args(["decode", "not-a-jwt"]));
     assert_eq!(code, 2);
     assert!(err.contains("not a JWT"), "{err}");
@@ -142,7 +222,17 @@ fn exec_credential_and_decode() {
 fn run_sets_the_childs_environment_and_passes_its_exit_code() {
     let script = r#"test -n "$OPENAI_BASE_URL" && test "$OPENAI_API_KEY" = "$TOKENRELAY_LOCAL_KEY" && test "$COPILOT_PROVIDER_TYPE" = azure && echo "$ANTHROPIC_BASE_URL"; exit 7"#;
     let (code, out, err) = run(bin().args([
-        "run", "--upstream", "http://127.0.0.1:9", "--inject", "api-key", "--token-command", "echo t", "--", "sh", "-c", script,
+        "run",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--inject",
+        "api-key",
+        "--token-command",
+        "echo t",
+        "--",
+        "sh",
+        "-c",
+        script,
     ]));
     assert_eq!(code, 7, "{err}");
     assert!(out.starts_with("http://127.0.0.1:"), "{out}");
@@ -150,9 +240,21 @@ fn run_sets_the_childs_environment_and_passes_its_exit_code() {
 
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--upstream", "http://127.0.0.1:9", "--token-command", "echo t"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--token-command",
+            "echo t",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -160,7 +262,8 @@ fn serve_stops_gracefully_on_sigterm() {
     for _ in 0..100 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
             let mut r = String::new();
             s.read_to_string(&mut r).unwrap();
             ok = r.starts_with("HTTP/1.1 200");
@@ -175,5 +278,9 @@ fn serve_stops_gracefully_on_sigterm() {
 }
 
 fn nix_kill(pid: u32) {
-    Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
 }

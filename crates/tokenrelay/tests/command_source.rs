@@ -1,4 +1,5 @@
 //! The command source under failure: hung commands and their grandchildren are killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -8,7 +9,10 @@ use tokenrelay::{ErrorKind, Source, TokenRequest};
 fn alive(pid: i32) -> bool {
     // /proc/<pid> exists and is not a zombie
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')),
+        Ok(s) => !s
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -26,9 +30,16 @@ async fn timeout_kills_the_whole_process_group() {
     let started = std::time::Instant::now();
     let err = src.acquire(&TokenRequest::new("p")).await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Timeout(_)), "{err}");
-    assert_eq!(err.to_string(), "command source `sh`: timed out after 700ms");
+    assert_eq!(
+        err.to_string(),
+        "command source `sh`: timed out after 700ms"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     for _ in 0..50 {
         if !alive(pid) {
             return;
@@ -46,7 +57,11 @@ async fn cancelled_acquisition_kills_the_group_too() {
     let req = TokenRequest::new("p");
     let fut = src.acquire(&req);
     let _ = tokio::time::timeout(Duration::from_millis(500), fut).await;
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     for _ in 0..50 {
         if !alive(pid) {
             return;

@@ -1,5 +1,6 @@
 //! Runs the cache, sources and proxy with trace-level logging captured, through success and
 //! failure paths, and proves no token byte reaches a log line, an error or a Debug print.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -40,7 +41,10 @@ async fn trace_logs_never_contain_token_bytes() {
     let mut debug_prints = String::new();
     // command source: success, then a failure whose stderr does not echo the token
     let cmd = CommandSource::shell(format!("echo {MARK}-cmd"));
-    let t = Cache::new(Arc::new(cmd)).get(&TokenRequest::new("p")).await.unwrap();
+    let t = Cache::new(Arc::new(cmd))
+        .get(&TokenRequest::new("p"))
+        .await
+        .unwrap();
     debug_prints.push_str(&format!("{t:?} {:?} {}", t.token(), t.token().secret()));
     // garbage output that contains the marker
     let bad = CommandSource::shell(format!("echo '{MARK} is not a token'"));
@@ -51,7 +55,11 @@ async fn trace_logs_never_contain_token_bytes() {
     debug_prints.push_str(&format!("{e} {e:?}"));
     // env source with CR/LF
     let env = Arc::new(MapEnv::from_pairs([("T", "SECRETzq7Xy\nmore")]));
-    let e = EnvSource::new("T").with_env(env).acquire(&TokenRequest::new("p")).await.unwrap_err();
+    let e = EnvSource::new("T")
+        .with_env(env)
+        .acquire(&TokenRequest::new("p"))
+        .await
+        .unwrap_err();
     debug_prints.push_str(&format!("{e} {e:?}"));
     debug_prints.push_str(&format!("{:?}", Secret::new(MARK)));
 
@@ -72,19 +80,45 @@ async fn trace_logs_never_contain_token_bytes() {
     )
     .await;
     let client = reqwest::Client::new();
-    client.post(format!("http://{addr}/x")).body("{}").send().await.unwrap();
+    client
+        .post(format!("http://{addr}/x"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     issuer.revoke_all();
-    client.post(format!("http://{addr}/x")).body("{}").send().await.unwrap();
+    client
+        .post(format!("http://{addr}/x"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     for path in ["/status", "/metrics"] {
-        let body = client.get(format!("http://{addr}{path}")).send().await.unwrap().text().await.unwrap();
+        let body = client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(!body.contains(MARK), "{path}");
     }
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging was captured");
-    assert!(logs.contains("token acquired"), "the cache logged its acquisitions");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "trace logging was captured"
+    );
+    assert!(
+        logs.contains("token acquired"),
+        "the cache logged its acquisitions"
+    );
     assert!(logs.contains("retrying once"), "the proxy logged the retry");
     assert!(!logs.contains(MARK), "a token reached the logs:\n{logs}");
-    assert!(!debug_prints.contains(MARK), "a token reached an error or Debug output: {debug_prints}");
+    assert!(
+        !debug_prints.contains(MARK),
+        "a token reached an error or Debug output: {debug_prints}"
+    );
 }

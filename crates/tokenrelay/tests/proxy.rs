@@ -1,4 +1,5 @@
 //! The sidecar end to end, in-process: real hyper listener, real reqwest egress, loopback upstreams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

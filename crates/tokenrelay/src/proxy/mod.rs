@@ -338,7 +338,7 @@ impl Proxy {
             }
         }
         // Longest prefix first.
-        prefixed.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixed.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(Router {
             root,
             prefixed,

@@ -1,5 +1,5 @@
 //! Test support: a loopback upstream with programmable behaviour, and sources with known tokens.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::convert::Infallible;
