@@ -605,3 +605,123 @@ async fn admin_endpoints_never_show_token_bytes() {
         }
     }
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_inflight_stream_finish() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start_raw(|_req, _seen| async move {
+        let stream = futures_util::stream::unfold(0u32, |i| async move {
+            if i == 10 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
+                    "data: {i}\n\n"
+                )))),
+                i + 1,
+            ))
+        });
+        http::Response::new(StreamBody::new(stream).boxed_unsync())
+    })
+    .await;
+    let (addrs, stop, task) = proxy_with_shutdown(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let mut resp = reqwest::get(format!("http://{}/sse", addrs[0]))
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap();
+    stop.send(()).unwrap();
+    let mut rest = String::new();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(
+        rest.contains("data: 9"),
+        "the stream ran to its end after shutdown began: {rest}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        reqwest::get(format!("http://{}/x", addrs[0]))
+            .await
+            .is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_can_have_its_own_listener() {
+    let a = Issuer::new("a", Duration::from_secs(3600));
+    let b = Issuer::new("b", Duration::from_secs(3600));
+    let up = Upstream::start(|s| full(200, bearer(&s.headers).unwrap_or_default())).await;
+    let toml = format!(
+        "{}{}",
+        provider_toml("a", &up.url(), ""),
+        provider_toml("b", &up.url(), "listen = \"127.0.0.1:0\"")
+    );
+    let (addrs, _stop, _task) =
+        proxy_with_shutdown(&toml, vec![src(&a), src(&b)], ProxyOptions::default()).await;
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(
+        reqwest::get(format!("http://{}/x", addrs[0]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "tok-a-1"
+    );
+    assert_eq!(
+        reqwest::get(format!("http://{}/x", addrs[1]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "tok-b-1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_stream_in_flat_memory() {
+    const CHUNK: usize = 1024 * 1024;
+    const CHUNKS: usize = 256; // 256 MiB through the proxy
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start_raw(|_req, _seen| async move {
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        let stream = futures_util::stream::iter(
+            (0..CHUNKS).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))),
+        );
+        http::Response::new(StreamBody::new(stream).boxed_unsync())
+    })
+    .await;
+    let addr = proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let before = rss_kib();
+    let mut resp = reqwest::get(format!("http://{addr}/big")).await.unwrap();
+    let mut total = 0usize;
+    let mut peak = before;
+    while let Some(c) = resp.chunk().await.unwrap() {
+        total += c.len();
+        peak = peak.max(rss_kib());
+    }
+    assert_eq!(total, CHUNK * CHUNKS);
+    let grew_mib = (peak.saturating_sub(before)) / 1024;
+    println!("RSS before {before} KiB, peak {peak} KiB while 256 MiB passed through");
+    assert!(
+        grew_mib < 64,
+        "memory grew {grew_mib} MiB for a 256 MiB response: it is being buffered"
+    );
+}

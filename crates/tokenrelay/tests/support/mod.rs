@@ -227,3 +227,38 @@ pub fn provider_toml(name: &str, upstream: &str, extra: &str) -> String {
         "[[provider]]\nname = \"{name}\"\nupstream = \"{upstream}\"\n{extra}\n[provider.source]\nkind = \"env\"\nname = \"UNUSED\"\n"
     )
 }
+
+/// Like [`proxy`], but returns a trigger for graceful shutdown, the server task and every
+/// listener address (main first).
+pub async fn proxy_with_shutdown(
+    toml: &str,
+    sources: Vec<Arc<dyn Source>>,
+    opts: ProxyOptions,
+) -> (
+    Vec<SocketAddr>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<tokenrelay::Result<()>>,
+) {
+    let cfg = Config::from_toml(toml, "test.toml").unwrap();
+    let env: SharedEnv = Arc::new(MapEnv::default());
+    let mut opts = opts;
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    let p = Proxy::with_sources(&cfg, sources, &env, opts).unwrap();
+    let bound = p.bind().await.unwrap();
+    let addrs = bound.addrs().to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(bound.run(async {
+        let _ = rx.await;
+    }));
+    (addrs, tx, task)
+}
+
+/// Resident set size of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
