@@ -24,9 +24,12 @@ impl Source for Minter {
     async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
         let n = self.serial.fetch_add(1, Ordering::SeqCst);
         let now = SystemTime::now();
-        Ok(Token::new(Secret::new(format!("minted-{}-{n}", req.provider())), self.describe())
-            .acquired_at(now)
-            .expires_at(now + Duration::from_secs(30)))
+        Ok(Token::new(
+            Secret::new(format!("minted-{}-{n}", req.provider())),
+            self.describe(),
+        )
+        .acquired_at(now)
+        .expires_at(now + Duration::from_secs(30)))
     }
     fn kind(&self) -> &'static str {
         "minter"

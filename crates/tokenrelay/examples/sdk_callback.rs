@@ -63,13 +63,23 @@ async fn main() {
     // Two providers whose "identity commands" print different tokens; in real use these are
     // `az account get-access-token …` or any other source.
     let broker = TokenBroker::new(&[
-        ("azure", "echo token-for-$TOKENRELAY_PROVIDER-$TOKENRELAY_SCOPE", Some("api://azure/.default")),
+        (
+            "azure",
+            "echo token-for-$TOKENRELAY_PROVIDER-$TOKENRELAY_SCOPE",
+            Some("api://azure/.default"),
+        ),
         ("anthropic", "echo token-for-$TOKENRELAY_PROVIDER", None),
     ]);
     let a = broker.acquire("azure").await.unwrap();
     let b = broker.acquire("anthropic").await.unwrap();
-    println!("azure     → {} (expires {:?})", a.token, a.expires_on_timestamp);
-    println!("anthropic → {} (expires {:?})", b.token, b.expires_on_timestamp);
+    println!(
+        "azure     → {} (expires {:?})",
+        a.token, a.expires_on_timestamp
+    );
+    println!(
+        "anthropic → {} (expires {:?})",
+        b.token, b.expires_on_timestamp
+    );
     assert_ne!(a.token, b.token, "providers stay partitioned");
 
     // The host calls the callback before every request: measure what that costs now.
