@@ -56,6 +56,12 @@ pub(crate) struct ProviderArgs {
     /// Upstream status meaning "credential rejected" (repeatable; default 401).
     #[arg(long = "retry-on", value_name = "STATUS")]
     pub retry_on: Vec<u16>,
+    /// Refresh first when the token has less than this left before a request (proxy; default 2m).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub min_remaining: Option<Duration>,
+    /// PEM bundle of extra CA certificates trusted for upstream TLS (proxy).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl ProviderArgs {
@@ -111,6 +117,9 @@ impl ProviderArgs {
                 for p in &mut cfg.providers {
                     self.apply_overrides(p);
                 }
+                if self.ca_bundle.is_some() {
+                    cfg.ca_bundle = self.ca_bundle.clone();
+                }
                 Ok(cfg)
             }
             (None, Some(source)) => {
@@ -126,7 +135,7 @@ impl ProviderArgs {
                     admin_listen: None,
                     local_key_env: None,
                     local_key_file: None,
-                    ca_bundle: None,
+                    ca_bundle: self.ca_bundle.clone(),
                     providers: vec![ProviderConfig {
                         name: self.provider.clone().unwrap_or_else(|| "default".into()),
                         upstream: self.upstream.clone(),
@@ -140,7 +149,7 @@ impl ProviderArgs {
                         } else {
                             self.retry_on.clone()
                         },
-                        min_remaining: None,
+                        min_remaining: self.min_remaining,
                         error_style: None,
                         source,
                     }],
@@ -158,6 +167,9 @@ impl ProviderArgs {
     fn apply_overrides(&self, p: &mut ProviderConfig) {
         if let Some(scope) = &self.scope {
             p.scope = Some(scope.clone());
+        }
+        if self.min_remaining.is_some() {
+            p.min_remaining = self.min_remaining;
         }
         match &mut p.source {
             SourceConfig::Command(c) => {
