@@ -314,7 +314,8 @@ impl CacheEntry {
             let now = self.0.clock.now();
             let need = policy::effective_min_remaining(min_remaining, t.token().lifetime());
             match t.token().remaining(now) {
-                Some(left) if left < need => {}
+                // Backing off after a failed refresh: do not hammer the source per request.
+                Some(left) if left < need && !self.0.in_backoff(now) => {}
                 _ => return Ok(t),
             }
             return match self.0.clone().acquire_shared(false).await {
@@ -523,9 +524,14 @@ impl Entry {
         out
     }
 
+    /// Whether a failed acquisition's backoff is still running at `now`.
+    fn in_backoff(&self, now: SystemTime) -> bool {
+        crate::clock::unix_millis(now) < self.not_before_ms.load(Ordering::Relaxed)
+    }
+
     /// Starts a refresh in the background if none is running and we are not backing off.
     fn kick_refresh(self: &Arc<Self>, now: SystemTime) {
-        if crate::clock::unix_millis(now) < self.not_before_ms.load(Ordering::Relaxed) {
+        if self.in_backoff(now) {
             return;
         }
         if self.lock_flight().is_some() {

@@ -315,3 +315,31 @@ async fn background_refresher_renews_without_traffic() {
         "a valid token is held without any traffic"
     );
 }
+
+#[tokio::test]
+async fn min_remaining_respects_backoff_after_a_failed_refresh() {
+    let (clock, src, entry) = setup(Duration::from_secs(600));
+    entry.get().await.unwrap();
+    src.fail.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(500));
+    // first request tries to refresh, fails, falls back to the valid token
+    let t = entry
+        .get_with_min_remaining(Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(secret(&t), "tok-1");
+    let calls = src.calls();
+    // the next requests within the backoff do not hit the source again
+    for _ in 0..20 {
+        let t = entry
+            .get_with_min_remaining(Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(secret(&t), "tok-1");
+    }
+    assert_eq!(
+        src.calls(),
+        calls,
+        "no acquisition per request while backing off"
+    );
+}
