@@ -513,15 +513,48 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let pieces = [
-            "{", "}", "[", "]", "\"", ":", ",", "token", "access_token", "accessToken", "expires_in",
-            "expires_on", "expiresOnTimestamp", "ExecCredential", "kind", "status", "AccessKeyId",
-            "SecretAccessKey", "Expiration", "eyJ", ".", "-1", "1e400", "null", "true", "\n", " ",
-            "\u{0}", "é", "qzmark",
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "token",
+            "access_token",
+            "accessToken",
+            "expires_in",
+            "expires_on",
+            "expiresOnTimestamp",
+            "ExecCredential",
+            "kind",
+            "status",
+            "AccessKeyId",
+            "SecretAccessKey",
+            "Expiration",
+            "eyJ",
+            ".",
+            "-1",
+            "1e400",
+            "null",
+            "true",
+            "\n",
+            " ",
+            "\u{0}",
+            "é",
+            "qzmark",
         ];
         for _ in 0..20_000 {
             let n = rng.gen_range(0..24);
-            let text: String = (0..n).map(|_| pieces[rng.gen_range(0..pieces.len())]).collect();
-            for f in [OutputFormat::Auto, OutputFormat::Raw, OutputFormat::Jwt, OutputFormat::Json] {
+            let text: String = (0..n)
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect();
+            for f in [
+                OutputFormat::Auto,
+                OutputFormat::Raw,
+                OutputFormat::Jwt,
+                OutputFormat::Json,
+            ] {
                 if let Err(e) = parse(&text, f) {
                     assert!(!e.contains("qzmark"), "{e}");
                 }
