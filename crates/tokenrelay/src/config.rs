@@ -228,6 +228,26 @@ pub enum SourceConfig {
     File(FileConfig),
     /// `kind = "command"`
     Command(CommandConfig),
+    /// `kind = "oauth2"`
+    OAuth2(crate::source::oauth::OAuth2Config),
+    /// `kind = "refresh-token"`
+    RefreshToken(crate::source::refresh::RefreshTokenConfig),
+    /// `kind = "entra-federated"`
+    EntraFederated(crate::source::entra::EntraFederatedConfig),
+    /// `kind = "github-oidc"`
+    GithubOidc(crate::source::github_oidc::GithubOidcConfig),
+    /// `kind = "github-oidc-entra"`
+    GithubOidcEntra(crate::source::github_oidc::GithubOidcEntraConfig),
+    /// `kind = "managed-identity"`
+    ManagedIdentity(crate::source::imds::ManagedIdentityConfig),
+    /// `kind = "azure-cli"`
+    AzureCli(crate::source::AzureCliConfig),
+    /// `kind = "aws-web-identity"`
+    AwsWebIdentity(crate::source::aws::AwsWebIdentityConfig),
+    /// `kind = "token-exchange"`
+    TokenExchange(crate::source::exchange::TokenExchangeConfig),
+    /// `kind = "plugin"`
+    Plugin(crate::source::plugin::PluginConfig),
 }
 
 /// A value read once at start-up from `value_env` or `value_file`.
@@ -292,7 +312,22 @@ pub struct CommandConfig {
 }
 
 /// The `kind` names, for error messages.
-pub const SOURCE_KINDS: &[&str] = &["static", "env", "file", "command"];
+pub const SOURCE_KINDS: &[&str] = &[
+    "static",
+    "env",
+    "file",
+    "command",
+    "oauth2",
+    "refresh-token",
+    "entra-federated",
+    "github-oidc",
+    "github-oidc-entra",
+    "managed-identity",
+    "azure-cli",
+    "aws-web-identity",
+    "token-exchange",
+    "plugin",
+];
 
 impl<'de> Deserialize<'de> for SourceConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -321,6 +356,16 @@ impl<'de> Deserialize<'de> for SourceConfig {
             "env" => SourceConfig::Env(part(table)?),
             "file" => SourceConfig::File(part(table)?),
             "command" => SourceConfig::Command(part(table)?),
+            "oauth2" => SourceConfig::OAuth2(part(table)?),
+            "refresh-token" => SourceConfig::RefreshToken(part(table)?),
+            "entra-federated" => SourceConfig::EntraFederated(part(table)?),
+            "github-oidc" => SourceConfig::GithubOidc(part(table)?),
+            "github-oidc-entra" => SourceConfig::GithubOidcEntra(part(table)?),
+            "managed-identity" => SourceConfig::ManagedIdentity(part(table)?),
+            "azure-cli" => SourceConfig::AzureCli(part(table)?),
+            "aws-web-identity" => SourceConfig::AwsWebIdentity(part(table)?),
+            "token-exchange" => SourceConfig::TokenExchange(part(table)?),
+            "plugin" => SourceConfig::Plugin(part(table)?),
             other => {
                 return Err(D::Error::custom(format!(
                     "unknown source kind {other:?} (expected one of {})",
@@ -339,6 +384,16 @@ impl SourceConfig {
             SourceConfig::Env(_) => "env",
             SourceConfig::File(_) => "file",
             SourceConfig::Command(_) => "command",
+            SourceConfig::OAuth2(_) => "oauth2",
+            SourceConfig::RefreshToken(_) => "refresh-token",
+            SourceConfig::EntraFederated(_) => "entra-federated",
+            SourceConfig::GithubOidc(_) => "github-oidc",
+            SourceConfig::GithubOidcEntra(_) => "github-oidc-entra",
+            SourceConfig::ManagedIdentity(_) => "managed-identity",
+            SourceConfig::AzureCli(_) => "azure-cli",
+            SourceConfig::AwsWebIdentity(_) => "aws-web-identity",
+            SourceConfig::TokenExchange(_) => "token-exchange",
+            SourceConfig::Plugin(_) => "plugin",
         }
     }
 
@@ -405,6 +460,16 @@ impl SourceConfig {
                 }
                 Arc::new(src)
             }
+            SourceConfig::OAuth2(c) => c.build(path, env)?,
+            SourceConfig::RefreshToken(c) => c.build(path, env)?,
+            SourceConfig::EntraFederated(c) => c.build(path, env)?,
+            SourceConfig::GithubOidc(c) => c.build(path, env)?,
+            SourceConfig::GithubOidcEntra(c) => c.build(path, env)?,
+            SourceConfig::ManagedIdentity(c) => c.build(path, env)?,
+            SourceConfig::AzureCli(c) => c.build(path, env)?,
+            SourceConfig::AwsWebIdentity(c) => c.build(path, env)?,
+            SourceConfig::TokenExchange(c) => c.build(path, env)?,
+            SourceConfig::Plugin(c) => c.build(path, env)?,
         })
     }
 }

@@ -6,6 +6,19 @@
 //! | `env` | [`EnvSource`] | an environment variable, at each acquisition |
 //! | `file` | [`FileSource`] | a file, again whenever its size or mtime changes |
 //! | `command` | [`CommandSource`] | a command's stdout (argv or `sh -c`) |
+//! | `oauth2` | [`ClientCredentialsSource`] | OAuth 2.0 client credentials (secret or private-key JWT) |
+//! | `refresh-token` | [`RefreshTokenSource`] | the refresh token grant, keeping rotated refresh tokens |
+//! | `entra-federated` | [`ClientCredentialsSource`] | Entra workload identity federation (token file) |
+//! | `github-oidc` | [`GithubOidc`] | a GitHub Actions OIDC token |
+//! | `github-oidc-entra` | [`ClientCredentialsSource`] | GitHub Actions OIDC → Entra access token |
+//! | `managed-identity` | [`ManagedIdentitySource`] | Azure IMDS / App Service managed identity |
+//! | `azure-cli` | [`AzureCliSource`] | `az account get-access-token` |
+//! | `aws-web-identity` | [`AwsWebIdentitySource`] | AWS STS AssumeRoleWithWebIdentity |
+//! | `token-exchange` | [`TokenExchangeSource`] | RFC 8693 token exchange of another source's token |
+//! | `plugin` | [`PluginSource`] | a helper process over JSON-RPC (`providerToken.acquire`) |
+//!
+//! Sources that call identity providers share [`IdpClient`]: timeouts, a bounded retry on
+//! 429/5xx honouring `Retry-After`, and OAuth error parsing (see its `DEFAULT_*` constants).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,14 +33,38 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 use crate::token::Token;
 
+pub mod assertion;
+pub mod aws;
+mod azure_cli;
 mod command;
+pub mod entra;
 mod env;
+pub mod exchange;
 mod file;
+pub mod github_oidc;
+pub mod http;
+pub mod imds;
+mod inputs;
+pub mod oauth;
 pub mod output;
+pub mod plugin;
+pub mod refresh;
+mod sigv4;
 
+pub use aws::AwsWebIdentitySource;
+pub use azure_cli::{AzureCliConfig, AzureCliSource};
 pub use command::{CommandSource, Program};
 pub use env::{EnvSource, StaticSource};
+pub use exchange::TokenExchangeSource;
 pub use file::FileSource;
+pub use github_oidc::GithubOidc;
+pub use http::IdpClient;
+pub use imds::ManagedIdentitySource;
+pub use inputs::SecretInput;
+pub use oauth::ClientCredentialsSource;
+pub use plugin::PluginSource;
+pub use refresh::RefreshTokenSource;
+pub use sigv4::sign_request;
 
 /// How long a source may take before it is abandoned (30 s): a command that hangs longer is
 /// killed with its whole process group.

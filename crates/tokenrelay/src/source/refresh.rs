@@ -1,0 +1,288 @@
+//! The refresh token grant (RFC 6749 §6): trade a long-lived refresh token for access tokens,
+//! keeping the rotated refresh token when the server issues a new one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::http::IdpClient;
+use super::inputs::SecretInput;
+use super::oauth::{check_url, joined_scope, AuthMethod, ClientAuth, OAuthClient};
+use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
+use crate::token::Token;
+
+/// Gets access tokens with a refresh token. When the server rotates the refresh token, the new
+/// one is used from then on and, if it came from a file, written back to that file (mode 0600,
+/// via a temporary file and an atomic rename).
+#[derive(Debug)]
+pub struct RefreshTokenSource {
+    token_url: String,
+    client: OAuthClient,
+    refresh: SecretInput,
+    /// The rotated token, when it could not be written back (it came from a variable).
+    rotated: Mutex<Option<Secret>>,
+    scope: Option<String>,
+    http: IdpClient,
+    timeout: Duration,
+    default_ttl: Duration,
+}
+
+impl RefreshTokenSource {
+    /// A source trading the refresh token in `refresh` at `token_url`.
+    pub fn new(
+        token_url: impl Into<String>,
+        client: OAuthClient,
+        refresh: SecretInput,
+        http: IdpClient,
+    ) -> Self {
+        RefreshTokenSource {
+            token_url: token_url.into(),
+            client,
+            refresh,
+            rotated: Mutex::new(None),
+            scope: None,
+            http,
+            timeout: DEFAULT_SOURCE_TIMEOUT,
+            default_ttl: DEFAULT_TTL,
+        }
+    }
+
+    fn current(&self, origin: &str) -> Result<Secret> {
+        if let Ok(r) = self.rotated.lock() {
+            if let Some(s) = r.as_ref() {
+                return Ok(s.clone());
+            }
+        }
+        self.refresh.read(origin, "refresh token")
+    }
+
+    fn store(&self, origin: &str, new: Secret) -> Result<()> {
+        match &self.refresh {
+            SecretInput::File(path) => write_private(path, new.expose()).map_err(|e| {
+                Error::new(
+                    origin,
+                    ErrorKind::Unavailable(format!(
+                        "cannot write the rotated refresh token to {}: {e}",
+                        path.display()
+                    )),
+                )
+            }),
+            SecretInput::Env(name, _) => {
+                tracing::warn!(
+                    variable = %name,
+                    "the server rotated the refresh token; it is kept in memory only (use refresh_token_file to persist it)"
+                );
+                if let Ok(mut r) = self.rotated.lock() {
+                    *r = Some(new);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `contents` to `path` through a 0600 temporary file in the same directory and an
+/// atomic rename, so a crash never leaves a truncated token behind.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tokenrelay-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[async_trait]
+impl Source for RefreshTokenSource {
+    #[tracing::instrument(skip_all, fields(source = %self.describe()))]
+    async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
+        let origin = self.describe();
+        let refresh = self.current(&origin)?;
+        let mut form: Vec<(&'static str, String)> = vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", refresh.expose().to_owned()),
+        ];
+        if let Some(scope) = req
+            .scope()
+            .map(str::to_owned)
+            .or_else(|| self.scope.clone())
+        {
+            form.push(("scope", scope));
+        }
+        let basic = self
+            .client
+            .apply(&origin, &self.token_url, &mut form)
+            .await?;
+        let params: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let now = SystemTime::now();
+        let resp = self
+            .http
+            .token_request(
+                &origin,
+                &self.token_url,
+                &params,
+                basic.as_ref().map(|(id, s)| (id.as_str(), s)),
+            )
+            .await?;
+        if let Some(new) = resp.refresh_token {
+            if new != refresh {
+                tracing::debug!("refresh token rotated");
+                self.store(&origin, new)?;
+            }
+        }
+        let expiry = resp.expires_at.unwrap_or(now + self.default_ttl);
+        Ok(Token::new(resp.access_token, origin)
+            .acquired_at(now)
+            .expires_at(expiry))
+    }
+    fn kind(&self) -> &'static str {
+        "refresh-token"
+    }
+    fn describe(&self) -> String {
+        format!("refresh-token source {}", self.token_url)
+    }
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    fn fingerprint(&self, fp: &mut Fingerprint) -> Result<()> {
+        fp.add("kind", b"refresh-token");
+        fp.add("token_url", self.token_url.as_bytes());
+        fp.add("scope", self.scope.as_deref().unwrap_or("").as_bytes());
+        // Only where the refresh token lives: it rotates, and the access token it gave stays good.
+        fp.add("refresh_token", self.refresh.name().as_bytes());
+        self.client.fingerprint(fp, &self.describe())
+    }
+}
+
+/// `kind = "refresh-token"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenConfig {
+    /// Token endpoint URL.
+    pub token_url: String,
+    /// `client_id` (sent in the form for public clients).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// File holding the client secret (confidential clients).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// `basic` (default) or `post`.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// File holding the refresh token; a rotated one is written back here (0600).
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    /// Or a variable holding it (a rotated token is then kept in memory only).
+    #[serde(default)]
+    pub refresh_token_env: Option<String>,
+    /// Scope when the provider sets none.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Or several scopes, joined with spaces.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Extra CA certificates (PEM) to trust.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Time limit for one acquisition (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Lifetime when the answer states none (default 15m).
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+}
+
+impl RefreshTokenConfig {
+    /// Builds the source.
+    ///
+    /// # Errors
+    /// A config error naming `path` and the key.
+    pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
+        check_url(path, "token_url", &self.token_url)?;
+        let refresh = SecretInput::from_keys(
+            path,
+            "refresh_token",
+            &self.refresh_token_file,
+            &self.refresh_token_env,
+            env,
+        )?
+        .ok_or_else(|| Error::config(path, "set refresh_token_file or refresh_token_env"))?;
+        let secret = SecretInput::from_keys(
+            path,
+            "client_secret",
+            &self.client_secret_file,
+            &self.client_secret_env,
+            env,
+        )?;
+        let auth = match (secret, self.auth_method) {
+            (None, _) => ClientAuth::None,
+            (Some(s), AuthMethod::Basic) => ClientAuth::SecretBasic(s),
+            (Some(s), AuthMethod::Post) => ClientAuth::SecretPost(s),
+        };
+        if !matches!(auth, ClientAuth::None) && self.client_id.is_none() {
+            return Err(Error::config(path, "a client secret needs client_id"));
+        }
+        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
+            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let mut src = RefreshTokenSource::new(
+            self.token_url.clone(),
+            OAuthClient {
+                client_id: self.client_id.clone(),
+                auth,
+            },
+            refresh,
+            http,
+        );
+        src.scope = joined_scope(path, &self.scope, &self.scopes)?;
+        src.timeout = self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT);
+        src.default_ttl = self.default_ttl.unwrap_or(DEFAULT_TTL);
+        Ok(Arc::new(src))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_private_is_0600_and_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rt");
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&p, "new-token").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new-token\n");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
