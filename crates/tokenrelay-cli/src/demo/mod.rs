@@ -4,6 +4,7 @@
 
 mod idp;
 mod server;
+mod tool_turns;
 mod upstream;
 
 use std::net::SocketAddr;

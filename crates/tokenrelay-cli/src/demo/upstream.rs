@@ -2,12 +2,23 @@
 //! each streaming (SSE) or not, in their real wire formats. It accepts only unexpired,
 //! unrevoked tokens signed by the demo IdP, so the demo proves the point.
 //!
-//! Test hooks: `GET /__stats` (counters as JSON), `POST /__revoke` (reject all tokens issued
-//! so far, as if the IdP revoked them).
+//! Test hooks: `GET /__stats` (counters as JSON, with accepted requests per token scope),
+//! `POST /__revoke` (reject all tokens issued so far, as if the IdP revoked them).
+//!
+//! Scripted tool turns, so that one agent process makes several model requests (and lives
+//! across several token lifetimes): when the last user message contains `e2e-tool-turns=N`
+//! (and optionally `e2e-sleep=S`, seconds, at most 30) and the request offers a `bash` tool,
+//! the upstream answers with a `bash` tool call running `sleep S` until the conversation
+//! holds N tool results, then answers with text as usual. Tool calls use each API's real
+//! shape: chat `tool_calls`, Responses `function_call` items, Anthropic `tool_use` blocks.
+//! With `e2e-revoke-at-turn=K` as well, the first request that arrives holding K tool results
+//! revokes every token issued so far before it is checked, so exactly one request of the run
+//! meets a 401 at a known point (a forced, deterministic credential rejection).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,6 +30,9 @@ use serde_json::{json, Value};
 
 use super::idp::{Shared, AUDIENCE, ISSUER};
 use super::server::{json, Body};
+use super::tool_turns::{
+    chat_tool_call, messages_tool_call, responses_tool_call, scripted_revocation, tool_turn,
+};
 
 /// Counters the demo and the end-to-end tests read.
 #[derive(Debug, Default)]
@@ -26,13 +40,17 @@ pub(crate) struct Stats {
     pub requests: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Accepted requests per token `scp` claim (end-to-end tests check partitioning).
+    pub by_scope: Mutex<BTreeMap<String, u64>>,
+    /// Whether the scripted revocation (`e2e-revoke-at-turn=K`) has happened.
+    pub scripted_revoked: AtomicBool,
 }
 
 /// Pause between SSE events, so streaming is visible.
 const EVENT_GAP: Duration = Duration::from_millis(25);
 
 #[derive(Clone, Copy, PartialEq)]
-enum Api {
+pub(super) enum Api {
     Chat,
     Responses,
     Messages,
@@ -59,8 +77,9 @@ fn credential(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Checks signature, issuer, audience, expiry (no leeway) and revocation.
-fn verify(shared: &Shared, token: &str) -> Result<u64, String> {
+/// Checks signature, issuer, audience, expiry (no leeway) and revocation; returns the
+/// token's scope.
+fn verify(shared: &Shared, token: &str) -> Result<String, String> {
     let mut v = Validation::new(jsonwebtoken::Algorithm::HS256);
     v.set_issuer(&[ISSUER]);
     v.set_audience(&[AUDIENCE]);
@@ -71,7 +90,8 @@ fn verify(shared: &Shared, token: &str) -> Result<u64, String> {
     if serial < shared.min_serial.load(Ordering::SeqCst) {
         return Err("token has been revoked".into());
     }
-    Ok(serial)
+    let scope = data.claims.get("scp").and_then(Value::as_str).unwrap_or("");
+    Ok(scope.to_owned())
 }
 
 fn unauthorized(api: Api, why: &str) -> Response<Body> {
@@ -103,8 +123,8 @@ fn prompt(api: Api, body: &Value) -> String {
         msgs.as_array().and_then(|m| {
             m.iter()
                 .rev()
-                .find(|x| x.get("role").and_then(Value::as_str) == Some("user"))
-                .and_then(|x| x.get("content").and_then(text_of))
+                .filter(|x| x.get("role").and_then(Value::as_str) == Some("user"))
+                .find_map(|x| x.get("content").and_then(text_of))
         })
     };
     let p = match api {
@@ -119,14 +139,14 @@ fn prompt(api: Api, body: &Value) -> String {
     p.chars().take(200).collect()
 }
 
-fn now_s() -> u64 {
+pub(super) fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
 }
 
-fn sse(events: Vec<String>) -> Response<Body> {
+pub(super) fn sse(events: Vec<String>) -> Response<Body> {
     let stream =
         futures_util::stream::unfold(events.into_iter().enumerate(), |mut it| async move {
             let (i, e) = it.next()?;
@@ -148,11 +168,11 @@ fn sse(events: Vec<String>) -> Response<Body> {
     r
 }
 
-fn data(v: &Value) -> String {
+pub(super) fn data(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
-fn event(name: &str, v: &Value) -> String {
+pub(super) fn event(name: &str, v: &Value) -> String {
     format!("event: {name}\ndata: {v}\n\n")
 }
 
@@ -323,6 +343,7 @@ pub(crate) async fn handle(
                 "accepted": stats.accepted.load(Ordering::SeqCst),
                 "rejected": stats.rejected.load(Ordering::SeqCst),
                 "tokens_issued": shared.issued.load(Ordering::SeqCst),
+                "accepted_by_scope": stats.by_scope.lock().map(|m| json!(*m)).unwrap_or(Value::Null),
             }),
         );
     }
@@ -340,16 +361,44 @@ pub(crate) async fn handle(
         );
     };
     stats.requests.fetch_add(1, Ordering::SeqCst);
-    let verdict = match credential(&req) {
+    let credential = credential(&req);
+    let v: Value = if api == Api::Models {
+        Value::Null
+    } else {
+        match Limited::new(req.into_body(), 16 * 1024 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": {"message": "unreadable body", "type": "invalid_request_error"}}),
+                )
+            }
+        }
+    };
+    let asked = prompt(api, &v);
+    if scripted_revocation(api, &v, &asked) && !stats.scripted_revoked.swap(true, Ordering::SeqCst)
+    {
+        shared.revoke_all();
+    }
+    let verdict = match credential {
         Some(t) => verify(&shared, &t),
         None => Err("no credential".to_owned()),
     };
-    if let Err(why) = verdict {
-        stats.rejected.fetch_add(1, Ordering::SeqCst);
-        tracing::debug!(%why, "demo upstream rejected a request");
-        return unauthorized(api, &why);
-    }
+    let scope = match verdict {
+        Ok(scope) => scope,
+        Err(why) => {
+            stats.rejected.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(%why, "demo upstream rejected a request");
+            return unauthorized(api, &why);
+        }
+    };
     stats.accepted.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut m) = stats.by_scope.lock() {
+        *m.entry(scope).or_default() += 1;
+    }
     if api == Api::Models {
         return json(
             StatusCode::OK,
@@ -357,26 +406,20 @@ pub(crate) async fn handle(
             {"id": "demo-model", "object": "model", "created": 0, "owned_by": "tokenrelay-demo"}]}),
         );
     }
-    let body = match Limited::new(req.into_body(), 16 * 1024 * 1024)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": {"message": "unreadable body", "type": "invalid_request_error"}}),
-            )
-        }
-    };
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = v
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("demo-model")
         .to_owned();
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let text = format!("pong: {}", prompt(api, &v));
+    if let Some(call) = tool_turn(api, &v, &asked) {
+        return match api {
+            Api::Chat => chat_tool_call(&model, &call, stream),
+            Api::Responses => responses_tool_call(&model, &call, stream),
+            _ => messages_tool_call(&model, &call, stream),
+        };
+    }
+    let text = format!("pong: {asked}");
     match api {
         Api::Chat => {
             let usage = v
