@@ -1,0 +1,187 @@
+# shellcheck shell=bash
+# Shared helpers of the end-to-end scripts: pinned client versions, project-local installs
+# under e2e/.tools/, the fake IdP + upstream (`tokenrelay demo --serve-fakes`), background
+# process cleanup, assertions and the one summary line each script prints.
+#
+# Everything listens on 127.0.0.1. Every wait is bounded. Source this file, then call
+# `e2e_init NAME`.
+
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$E2E_DIR/.." && pwd)"
+TOOLS="$E2E_DIR/.tools"
+FIX="$E2E_DIR/fixtures"
+TOKENRELAY="${TOKENRELAY_BIN:-$ROOT/target/release/tokenrelay}"
+
+# Pinned clients (bump deliberately; the install stamp includes these).
+COPILOT_VERSION="1.0.102"     # npm @github/copilot
+COPILOT_SDK_VERSION="1.0.14"  # npm @github/copilot-sdk
+OPENAI_PY_VERSION="3.54.0"    # PyPI openai
+
+E2E_NAME=""
+WORK=""
+PIDS=()
+
+e2e_cleanup() {
+    local code=$?
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        if [[ $code -ne 0 || -n "${E2E_KEEP:-}" ]]; then
+            echo "$E2E_NAME: logs kept in $WORK" >&2
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$code"
+}
+
+# e2e_init NAME: a scratch directory, cleanup of background processes on exit.
+e2e_init() {
+    E2E_NAME="$1"
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/tokenrelay-e2e-$1.XXXXXX")"
+    trap e2e_cleanup EXIT
+    trap 'exit 130' INT TERM
+    [[ -x "$TOKENRELAY" ]] || fail "no tokenrelay binary at $TOKENRELAY (run: cargo build --release)"
+}
+
+fail() {
+    echo "FAIL $E2E_NAME: $*" >&2
+    exit 1
+}
+
+skip() {
+    echo "SKIP $E2E_NAME: $*"
+    exit 77
+}
+
+note() {
+    echo "  $E2E_NAME: $*"
+}
+
+# check COND_DESCRIPTION CMD...: run a test command, fail with the description if it is false.
+check() {
+    local what="$1"
+    shift
+    "$@" || fail "$what"
+}
+
+http() {
+    python3 "$FIX/loopback.py" "$@"
+}
+
+# jq-free JSON read: json FILE 'd["key"]'
+json() {
+    python3 "$FIX/loopback.py" json "$@"
+}
+
+# ensure_npm: @github/copilot and @github/copilot-sdk at the pinned versions in e2e/.tools/npm.
+ensure_npm() {
+    local dir="$TOOLS/npm"
+    local stamp="$dir/.installed-copilot-$COPILOT_VERSION-sdk-$COPILOT_SDK_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || fail "npm is not installed"
+    mkdir -p "$dir"
+    printf '{ "private": true, "type": "module" }\n' >"$dir/package.json"
+    note "installing @github/copilot@$COPILOT_VERSION @github/copilot-sdk@$COPILOT_SDK_VERSION into $dir"
+    timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+        "@github/copilot@$COPILOT_VERSION" "@github/copilot-sdk@$COPILOT_SDK_VERSION" \
+        >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log" >&2
+        fail "npm install failed"
+    }
+    touch "$stamp"
+}
+
+COPILOT_BIN() {
+    echo "$TOOLS/npm/node_modules/.bin/copilot"
+}
+
+# ensure_venv: the OpenAI Python SDK at the pinned version in e2e/.tools/venv.
+ensure_venv() {
+    local dir="$TOOLS/venv"
+    local stamp="$dir/.installed-openai-$OPENAI_PY_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    note "installing openai==$OPENAI_PY_VERSION into $dir"
+    python3 -m venv "$dir" || fail "python3 -m venv failed"
+    timeout 300 "$dir/bin/pip" install --quiet "openai==$OPENAI_PY_VERSION" \
+        >"$TOOLS/venv-install.log" 2>&1 || {
+        tail -20 "$TOOLS/venv-install.log" >&2
+        fail "pip install openai==$OPENAI_PY_VERSION failed"
+    }
+    touch "$stamp"
+}
+
+# start_fakes LIFETIME: the fake IdP and upstream; sets FAKES (file), UPSTREAM, E2E_FAKES and
+# E2E_SOURCE_LOG (the token fixture appends a line there each time it runs).
+start_fakes() {
+    FAKES="$WORK/fakes.json"
+    "$TOKENRELAY" demo --serve-fakes --token-lifetime "$1" >"$FAKES" 2>"$WORK/fakes.log" &
+    PIDS+=($!)
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s "$FAKES" ]] && break
+        sleep 0.1
+    done
+    [[ -s "$FAKES" ]] || fail "the fakes did not start: $(head -c 500 "$WORK/fakes.log")"
+    UPSTREAM="$(json "$FAKES" 'd["upstream"]')"
+    export E2E_FAKES="$FAKES"
+    export E2E_SOURCE_LOG="$WORK/source-runs.log"
+    : >"$E2E_SOURCE_LOG"
+}
+
+# stats FIELD: a counter of the fake upstream (`requests`, `accepted`, `rejected`,
+# `tokens_issued`), or any expression over d, e.g. 'd["accepted_by_scope"]'.
+stats() {
+    local expr="$1"
+    [[ "$expr" == *'['* ]] || expr="d[\"$expr\"]"
+    http get "$UPSTREAM/__stats" | json - "$expr"
+}
+
+# source_runs [SCOPE]: how many times the token fixture ran (for SCOPE, if given).
+source_runs() {
+    if [[ $# -eq 0 ]]; then
+        wc -l <"$E2E_SOURCE_LOG" | tr -d ' '
+    else
+        grep -cxF -- "$1" "$E2E_SOURCE_LOG" || true
+    fi
+}
+
+# wait_http URL [KEY]: until URL answers (bounded: 10 s).
+wait_http() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        http get "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "$1 did not come up"
+}
+
+# copilot_env: environment for a hermetic, offline Copilot CLI run (no GitHub login, no
+# auto-update, its state in the scratch directory). Prints NAME=VALUE lines for `env`.
+copilot_env() {
+    mkdir -p "$WORK/home" "$WORK/copilot-home" "$WORK/ws"
+    printf '%s\n' \
+        "HOME=$WORK/home" \
+        "COPILOT_HOME=$WORK/copilot-home" \
+        "XDG_CONFIG_HOME=$WORK/home/.config" \
+        "XDG_STATE_HOME=$WORK/home/.local/state" \
+        "XDG_CACHE_HOME=$WORK/home/.cache" \
+        "COPILOT_OFFLINE=true" \
+        "COPILOT_AUTO_UPDATE=false" \
+        "COPILOT_MODEL=gpt-4o" \
+        "NO_COLOR=1"
+}
+
+# summary OK|... TEXT: the one line each script ends with.
+summary() {
+    echo "PASS $E2E_NAME: $*"
+}
