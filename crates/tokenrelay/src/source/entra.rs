@@ -46,22 +46,12 @@ impl ClientAssertion for FederatedTokenFile {
         let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
             Error::new(
                 self.describe(),
-                ErrorKind::Unavailable(format!(
-                    "cannot read federated token file {}: {e}",
-                    self.path.display()
-                )),
+                ErrorKind::Unavailable(format!("cannot read: {e}")),
             )
         })?;
         let token = text.trim();
-        check_token_text(token).map_err(|e| {
-            Error::new(
-                self.describe(),
-                ErrorKind::InvalidResponse(format!(
-                    "federated token file {}: {e}",
-                    self.path.display()
-                )),
-            )
-        })?;
+        check_token_text(token)
+            .map_err(|e| Error::new(self.describe(), ErrorKind::InvalidResponse(e)))?;
         Ok(Secret::new(token))
     }
     fn describe(&self) -> String {

@@ -72,7 +72,7 @@ impl OAuthClient {
                 let assertion = a
                     .assertion(token_url)
                     .await
-                    .map_err(|e| Error::new(origin, e.kind().clone()))?;
+                    .map_err(|e| e.context(origin))?;
                 if let Some(id) = id {
                     form.push(("client_id", id));
                 }
