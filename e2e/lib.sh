@@ -142,17 +142,18 @@ start_fakes() {
 # `tokens_issued`), or any expression over d, e.g. 'd["accepted_by_scope"]'.
 stats() {
     local expr="$1"
-    [[ "$expr" == *'['* ]] || expr="d[\"$expr\"]"
+    [[ "$expr" == d* ]] || expr="d[\"$expr\"]"
     http get "$UPSTREAM/__stats" | json - "$expr"
 }
 
-# source_runs [SCOPE]: how many times the token fixture ran (for SCOPE, if given).
+# source_runs: how many times the token fixture (the "real source") ran.
 source_runs() {
-    if [[ $# -eq 0 ]]; then
-        wc -l <"$E2E_SOURCE_LOG" | tr -d ' '
-    else
-        grep -cxF -- "$1" "$E2E_SOURCE_LOG" || true
-    fi
+    wc -l <"$E2E_SOURCE_LOG" | tr -d ' '
+}
+
+# source_runs_for SCOPE: how many of those runs asked for SCOPE.
+source_runs_for() {
+    grep -cxF -- "$1" "$E2E_SOURCE_LOG" || true
 }
 
 # wait_http URL [KEY]: until URL answers (bounded: 10 s).
