@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -66,6 +67,22 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     if req.method() != Method::POST || req.uri().path() != "/oauth2/token" {
         return oauth_error(StatusCode::NOT_FOUND, "not_found", "POST /oauth2/token");
     }
+    // client_secret_basic (RFC 6749 §2.3.1): credentials may come in the Authorization header.
+    let basic = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(id, secret)| (id.to_owned(), secret.to_owned()))
+        });
     let ct_ok = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -95,9 +112,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             "only client_credentials",
         );
     }
-    if form.client_id.as_deref() != Some(CLIENT_ID)
-        || form.client_secret.as_deref() != Some(CLIENT_SECRET)
-    {
+    let (id, secret) = match basic {
+        Some((id, secret)) => (Some(id), Some(secret)),
+        None => (form.client_id, form.client_secret),
+    };
+    if id.as_deref() != Some(CLIENT_ID) || secret.as_deref() != Some(CLIENT_SECRET) {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

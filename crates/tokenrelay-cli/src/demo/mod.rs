@@ -10,17 +10,14 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use clap::Args;
 use serde_json::{json, Value};
-use tokenrelay::config::{CommandConfig, Config, Inject, ProviderConfig, SourceConfig};
+use tokenrelay::config::Config;
 use tokenrelay::proxy::{Proxy, ProxyOptions};
-use tokenrelay::source::output::{self, OutputFormat};
-use tokenrelay::{Error, ErrorKind, Source, Token, TokenRequest};
+use tokenrelay::source::{MapEnv, SharedEnv};
 
-use crate::args::process_env;
 use crate::{CmdResult, Failure};
 
 #[derive(Debug, Args)]
@@ -41,67 +38,6 @@ pub(crate) struct DemoArgs {
     /// (for end-to-end tests of real clients).
     #[arg(long, hide = true)]
     serve_fakes: bool,
-}
-
-/// Asks the demo IdP for a token with the client-credentials grant.
-#[derive(Debug)]
-struct DemoIdpSource {
-    client: reqwest::Client,
-    token_url: String,
-}
-
-#[async_trait]
-impl Source for DemoIdpSource {
-    async fn acquire(&self, req: &TokenRequest) -> tokenrelay::Result<Token> {
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", idp::CLIENT_ID),
-            ("client_secret", idp::CLIENT_SECRET),
-        ];
-        if let Some(s) = req.scope() {
-            form.push(("scope", s));
-        }
-        let resp = self
-            .client
-            .post(&self.token_url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::new(
-                    self.describe(),
-                    ErrorKind::Transport(e.without_url().to_string()),
-                )
-            })?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| Error::new(self.describe(), ErrorKind::Transport(e.to_string())))?;
-        if status != 200 {
-            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            return Err(Error::new(
-                self.describe(),
-                ErrorKind::IdpRejected {
-                    status,
-                    error: v.get("error").and_then(Value::as_str).map(str::to_owned),
-                    description: v
-                        .get("error_description")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                },
-            ));
-        }
-        let parsed = output::parse(&body, OutputFormat::Json)
-            .map_err(|e| Error::new(self.describe(), ErrorKind::InvalidResponse(e)))?;
-        Ok(parsed.into_token(&self.describe(), SystemTime::now(), None))
-    }
-    fn kind(&self) -> &'static str {
-        "oauth2"
-    }
-    fn describe(&self) -> String {
-        format!("demo oauth2 source {}", self.token_url)
-    }
 }
 
 struct Fakes {
@@ -152,31 +88,28 @@ pub(crate) async fn run(a: DemoArgs) -> CmdResult {
         crate::serve::shutdown_signal().await;
         return Ok(());
     }
-    let cfg = Config {
-        listen: None,
-        admin_listen: None,
-        local_key_env: None,
-        local_key_file: None,
-        ca_bundle: None,
-        providers: vec![ProviderConfig {
-            name: "demo".into(),
-            upstream: Some(format!("http://{}", fakes.upstream)),
-            inject: Inject::Bearer,
-            scope: Some("demo.read".into()),
-            path_prefix: None,
-            listen: None,
-            headers: Default::default(),
-            retry_on: vec![401],
-            min_remaining: None,
-            error_style: None,
-            // Replaced by the in-process source below; kept so the config is complete.
-            source: SourceConfig::Command(CommandConfig::default()),
-        }],
-    };
-    let source: Arc<dyn Source> = Arc::new(DemoIdpSource {
-        client: reqwest::Client::new(),
-        token_url: token_url.clone(),
-    });
+    // The demo runs the real `oauth2` source from a real config file, with the client secret
+    // read from a variable (an in-memory environment, so nothing leaks into the process env).
+    let toml = format!(
+        r#"[[provider]]
+name = "demo"
+upstream = "http://{upstream}"
+inject = "bearer"
+scope = "demo.read"
+[provider.source]
+kind = "oauth2"
+token_url = "{token_url}"
+client_id = "{client_id}"
+client_secret_env = "TOKENRELAY_DEMO_CLIENT_SECRET"
+"#,
+        upstream = fakes.upstream,
+        client_id = idp::CLIENT_ID,
+    );
+    let cfg = Config::from_toml(&toml, "demo config")?;
+    let env: SharedEnv = Arc::new(MapEnv::from_pairs([(
+        "TOKENRELAY_DEMO_CLIENT_SECRET",
+        idp::CLIENT_SECRET,
+    )]));
     let mut opts = ProxyOptions::default();
     opts.listen = Some(a.listen.unwrap_or(if a.once {
         SocketAddr::from(([127, 0, 0, 1], 0))
@@ -184,7 +117,7 @@ pub(crate) async fn run(a: DemoArgs) -> CmdResult {
         SocketAddr::from(([127, 0, 0, 1], 8787))
     }));
     opts.shutdown_grace = Duration::from_secs(2);
-    let proxy = Proxy::with_sources(&cfg, vec![source], &process_env(), opts)?;
+    let proxy = Proxy::new(&cfg, &env, opts)?;
     let bound = proxy.bind().await?;
     let addr = bound.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
