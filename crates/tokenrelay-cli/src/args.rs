@@ -151,6 +151,8 @@ impl ProviderArgs {
                         },
                         min_remaining: self.min_remaining,
                         error_style: None,
+                        aws_region: None,
+                        aws_service: None,
                         source,
                     }],
                 };

@@ -99,6 +99,12 @@ pub struct ProviderConfig {
     /// else `openai`).
     #[serde(default)]
     pub error_style: Option<ErrorStyle>,
+    /// Region for `inject = "aws-sigv4"` (default `$AWS_REGION`, then `$AWS_DEFAULT_REGION`).
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    /// Service name for `inject = "aws-sigv4"` (default `bedrock`).
+    #[serde(default)]
+    pub aws_service: Option<String>,
     /// Where the token comes from.
     pub source: SourceConfig,
 }
@@ -128,6 +134,9 @@ pub enum Inject {
     ApiKey,
     /// `x-api-key: <token>` (Anthropic)
     XApiKey,
+    /// AWS Signature Version 4 with the source's AWS credentials (Bedrock); the request body
+    /// must fit the replay buffer, since the signature covers its hash.
+    AwsSigV4,
     /// A custom header whose value is `template` with `{token}` replaced.
     Header {
         /// Header name.
@@ -180,6 +189,7 @@ impl Inject {
             "bearer" => Ok(Inject::Bearer),
             "api-key" => Ok(Inject::ApiKey),
             "x-api-key" => Ok(Inject::XApiKey),
+            "aws-sigv4" => Ok(Inject::AwsSigV4),
             other => {
                 if let Some(rest) = other.strip_prefix("header:") {
                     let (header, template) = match rest.split_once(':') {
@@ -189,7 +199,7 @@ impl Inject {
                     return Inject::try_from(InjectRepr::Custom { header, template });
                 }
                 Err(format!(
-                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key or header:NAME[:TEMPLATE])"
+                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key, aws-sigv4 or header:NAME[:TEMPLATE])"
                 ))
             }
         }
@@ -198,7 +208,7 @@ impl Inject {
     /// The header this style sets.
     pub fn header_name(&self) -> &str {
         match self {
-            Inject::Bearer => "authorization",
+            Inject::Bearer | Inject::AwsSigV4 => "authorization",
             Inject::ApiKey => "api-key",
             Inject::XApiKey => "x-api-key",
             Inject::Header { header, .. } => header,
@@ -209,7 +219,7 @@ impl Inject {
     pub fn header_value(&self, token: &str) -> String {
         match self {
             Inject::Bearer => format!("Bearer {token}"),
-            Inject::ApiKey | Inject::XApiKey => token.to_owned(),
+            Inject::ApiKey | Inject::XApiKey | Inject::AwsSigV4 => token.to_owned(),
             Inject::Header { template, .. } => template.replace("{token}", token),
         }
     }

@@ -725,3 +725,55 @@ async fn large_responses_stream_in_flat_memory() {
         "memory grew {grew_mib} MiB for a 256 MiB response: it is being buffered"
     );
 }
+
+#[tokio::test]
+async fn aws_sigv4_signs_requests_with_the_sources_credentials() {
+    let up = Upstream::start(|_| full(200, "{}")).await;
+    let toml = format!(
+        "[[provider]]\nname = \"bedrock\"\nupstream = \"{}\"\ninject = \"aws-sigv4\"\naws_region = \"us-east-1\"\n[provider.source]\nkind = \"command\"\ncommand = \"echo '{{\\\"Version\\\":1,\\\"AccessKeyId\\\":\\\"AKIDTEST\\\",\\\"SecretAccessKey\\\":\\\"sk\\\",\\\"SessionToken\\\":\\\"sess-tok\\\",\\\"Expiration\\\":\\\"2099-01-01T00:00:00Z\\\"}}'\"\n",
+        up.url()
+    );
+    let cfg = tokenrelay::config::Config::from_toml(&toml, "t").unwrap();
+    let env: tokenrelay::source::SharedEnv = Arc::new(tokenrelay::source::MapEnv::default());
+    let mut opts = ProxyOptions::default();
+    opts.listen = Some("127.0.0.1:0".parse().unwrap());
+    opts.replay_limit = 64;
+    let bound = tokenrelay::proxy::Proxy::new(&cfg, &env, opts)
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addr();
+    tokio::spawn(bound.run(std::future::pending()));
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{addr}/model/m/invoke"))
+        .header("authorization", "Bearer client-junk")
+        .header("content-type", "application/json")
+        .body(r#"{"prompt":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = &up.seen()[0];
+    let auth = seen.headers["authorization"].to_str().unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/"),
+        "{auth}"
+    );
+    assert!(auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
+    assert!(
+        auth.contains("SignedHeaders=") && auth.contains("Signature="),
+        "{auth}"
+    );
+    assert!(seen.headers.contains_key("x-amz-date"));
+    assert_eq!(seen.headers["x-amz-security-token"], "sess-tok");
+    // a body over the replay limit cannot be signed
+    let r = client
+        .post(format!("http://{addr}/model/m/invoke"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}

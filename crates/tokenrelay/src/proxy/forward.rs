@@ -177,19 +177,71 @@ fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
     )
 }
 
+/// Signs the request with SigV4 using the token's AWS credentials; returns the headers to add,
+/// or the error response to send (built only on the failure path, so its size does not matter).
+#[allow(clippy::result_large_err)]
+fn sigv4_headers(
+    p: &Provider,
+    (region, service): &(String, String),
+    method: &http::Method,
+    url: &str,
+    headers: &HeaderMap,
+    body: Option<&Bytes>,
+    lease: &CachedToken,
+) -> Result<Vec<(http::HeaderName, HeaderValue)>, Response<ProxyBody>> {
+    let origin = format!("provider {}", p.name);
+    let Some(body) = body else {
+        p.metrics.record_status(413);
+        return Err(error_response(
+            p.style,
+            413,
+            "request_too_large",
+            &format!("tokenrelay: {origin}: a body larger than the replay limit cannot be SigV4-signed (raise --replay-limit)"),
+        ));
+    };
+    let Some(creds) = lease.token().aws() else {
+        let e = Error::new(
+            origin,
+            ErrorKind::Config("inject = \"aws-sigv4\" needs a source that gives AWS credentials (aws-web-identity, or a command printing credential_process JSON)".into()),
+        );
+        return Err(token_error(p, &e));
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| plain_error(400, &format!("{origin}: the upstream URL cannot be signed")))?;
+    crate::source::sign_request(
+        method,
+        &uri,
+        headers,
+        body,
+        creds,
+        region,
+        service,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| token_error(p, &e))
+}
+
 async fn send(
     p: &Provider,
     method: &http::Method,
     url: &str,
     headers: HeaderMap,
     body: reqwest::Body,
+    kept: Option<&Bytes>,
     lease: &CachedToken,
 ) -> Result<reqwest::Response, Response<ProxyBody>> {
-    let value = header_value(p, lease).map_err(|e| token_error(p, &e))?;
     let mut headers = headers;
-    headers.insert(p.inject_header.clone(), value);
     for (k, v) in &p.extra_headers {
         headers.insert(k.clone(), v.clone());
+    }
+    if let Some(sig) = &p.sigv4 {
+        for (k, v) in sigv4_headers(p, sig, method, url, &headers, kept, lease)? {
+            headers.insert(k, v);
+        }
+    } else {
+        let value = header_value(p, lease).map_err(|e| token_error(p, &e))?;
+        headers.insert(p.inject_header.clone(), value);
     }
     p.client
         .request(method.clone(), url)
@@ -271,7 +323,17 @@ pub(crate) async fn forward(
         Body::Stream(s) => (reqwest::Body::wrap(s), None),
     };
     let retry_headers = replay.as_ref().map(|_| parts.headers.clone());
-    let mut resp = match send(p, &parts.method, &url, parts.headers, first_body, &lease).await {
+    let mut resp = match send(
+        p,
+        &parts.method,
+        &url,
+        parts.headers,
+        first_body,
+        replay.as_ref(),
+        &lease,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -299,7 +361,8 @@ pub(crate) async fn forward(
                 &parts.method,
                 &url,
                 h,
-                reqwest::Body::from(bytes),
+                reqwest::Body::from(bytes.clone()),
+                Some(&bytes),
                 &fresh,
             )
             .await

@@ -116,6 +116,8 @@ pub(crate) struct Provider {
     pub metrics: metrics::ProviderMetrics,
     /// The injected header value for the current token generation.
     pub header_value: ArcSwapOption<(u64, HeaderValue)>,
+    /// `(region, service)` when requests are signed with SigV4 instead of carrying a header.
+    pub sigv4: Option<(String, String)>,
 }
 
 /// How a listener routes.
@@ -239,6 +241,23 @@ impl Proxy {
                     .map_err(|e| Error::config(format!("{at}.headers.{k}"), e.to_string()))?;
                 extra_headers.push((name, value));
             }
+            let sigv4 = if p.inject == Inject::AwsSigV4 {
+                let region = p
+                    .aws_region
+                    .clone()
+                    .or_else(|| env.var("AWS_REGION"))
+                    .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                    .ok_or_else(|| {
+                        Error::config(
+                            format!("{at}.aws_region"),
+                            "inject = \"aws-sigv4\" needs a region (aws_region, or AWS_REGION in the environment)",
+                        )
+                    })?;
+                let service = p.aws_service.clone().unwrap_or_else(|| "bedrock".into());
+                Some((region, service))
+            } else {
+                None
+            };
             providers.push(Arc::new(Provider {
                 name: p.name.as_str().into(),
                 upstream,
@@ -253,6 +272,7 @@ impl Proxy {
                 client: client.clone(),
                 metrics: metrics::ProviderMetrics::default(),
                 header_value: ArcSwapOption::empty(),
+                sigv4,
             }));
         }
         let listen = match opts.listen.or(cfg.listen) {
