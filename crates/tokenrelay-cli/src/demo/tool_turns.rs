@@ -1,7 +1,8 @@
 //! Scripted tool turns of the demo upstream: a prompt containing `e2e-tool-turns=N` (and
 //! optionally `e2e-sleep=S`) makes the upstream answer with a `bash` tool call until the
-//! conversation holds N tool results, so that one agent run makes N + 1 model requests and
-//! can outlive several token lifetimes. Each API's real tool-call wire shape is used.
+//! conversation holds N tool results since the user's last message, so that one agent run
+//! makes N + 1 model requests and can outlive several token lifetimes. Each API's real
+//! tool-call wire shape is used.
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -38,7 +39,24 @@ fn offers_tool(api: Api, body: &Value, name: &str) -> bool {
     })
 }
 
-/// How many tool results the conversation already holds.
+/// Whether a conversation item is a message the user typed (not a tool result).
+fn is_user_text(api: Api, m: &Value) -> bool {
+    if m.get("role").and_then(Value::as_str) != Some("user") {
+        return false;
+    }
+    match &m["content"] {
+        Value::String(_) => true,
+        Value::Array(blocks) => blocks.iter().any(|b| {
+            matches!(
+                b.get("type").and_then(Value::as_str),
+                Some("text" | "input_text")
+            )
+        }),
+        _ => api != Api::Messages,
+    }
+}
+
+/// How many tool results the conversation holds since the user's last message.
 fn tool_results(api: Api, body: &Value) -> usize {
     let items = match api {
         Api::Responses => &body["input"],
@@ -49,6 +67,8 @@ fn tool_results(api: Api, body: &Value) -> usize {
     };
     items
         .iter()
+        .rev()
+        .take_while(|m| !is_user_text(api, m))
         .map(|m| match api {
             Api::Chat => usize::from(m.get("role").and_then(Value::as_str) == Some("tool")),
             Api::Responses => {
@@ -247,6 +267,11 @@ mod tests {
         let chat = json!({"messages": [{"role": "user", "content": "hi"},
             {"role": "assistant", "tool_calls": []}, {"role": "tool", "content": "ok"}]});
         assert_eq!(tool_results(Api::Chat, &chat), 1);
+        // Only results since the user's last message count.
+        let later = json!({"messages": [{"role": "user", "content": "hi"},
+            {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "done"},
+            {"role": "user", "content": [{"type": "text", "text": "again"}]}]});
+        assert_eq!(tool_results(Api::Chat, &later), 0);
         let resp = json!({"input": [{"role": "user", "content": "hi"},
             {"type": "function_call"}, {"type": "function_call_output"},
             {"type": "function_call"}, {"type": "function_call_output"}]});

@@ -9,8 +9,9 @@
 //! across several token lifetimes): when the last user message contains `e2e-tool-turns=N`
 //! (and optionally `e2e-sleep=S`, seconds, at most 30) and the request offers a `bash` tool,
 //! the upstream answers with a `bash` tool call running `sleep S` until the conversation
-//! holds N tool results, then answers with text as usual. Tool calls use each API's real
-//! shape: chat `tool_calls`, Responses `function_call` items, Anthropic `tool_use` blocks.
+//! holds N tool results since the user's last message, then answers with text as usual.
+//! Tool calls use each API's real shape: chat `tool_calls`, Responses `function_call` items,
+//! Anthropic `tool_use` blocks.
 //! With `e2e-revoke-at-turn=K` as well, the first request that arrives holding K tool results
 //! revokes every token issued so far before it is checked, so exactly one request of the run
 //! meets a 401 at a known point (a forced, deterministic credential rejection).
