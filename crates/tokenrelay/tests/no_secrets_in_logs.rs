@@ -2,6 +2,7 @@
 //! failure paths, and proves no token byte reaches a log line, an error or a Debug print.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_idp;
 mod support;
 
 use std::io::Write;
@@ -62,6 +63,61 @@ async fn trace_logs_never_contain_token_bytes() {
         .unwrap_err();
     debug_prints.push_str(&format!("{e} {e:?}"));
     debug_prints.push_str(&format!("{:?}", Secret::new(MARK)));
+
+    // identity sources: a client secret, an issued token, a federated assertion, a failure
+    let idp = fake_idp::FakeIdp::start(|r, _| {
+        if r.form("client_assertion").is_some() || r.header("authorization").is_some() {
+            fake_idp::Resp::token("SECRETzq7Xy-issued", 3600)
+        } else {
+            fake_idp::Resp::oauth_error(
+                401,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret",
+            )
+        }
+    })
+    .await;
+    let oauth = fake_idp::build(
+        Some("api://x/.default"),
+        &format!(
+            "kind = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"c\"\nclient_secret_env = \"CS\"",
+            idp.url("/token")
+        ),
+        &[("CS", "SECRETzq7Xy-client-secret")],
+    )
+    .unwrap();
+    let t = Cache::new(oauth)
+        .get(&TokenRequest::new("p"))
+        .await
+        .unwrap();
+    debug_prints.push_str(&format!("{t:?}"));
+    let failing = fake_idp::build(
+        None,
+        &format!(
+            "kind = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"c\"\nclient_secret_env = \"CS\"\nauth_method = \"post\"",
+            idp.url("/token")
+        ),
+        &[("CS", "SECRETzq7Xy-client-secret")],
+    )
+    .unwrap();
+    let e = failing.acquire(&TokenRequest::new("p")).await.unwrap_err();
+    assert!(e.to_string().contains("invalid_client"), "{e}");
+    debug_prints.push_str(&format!("{e} {e:?} {failing:?}"));
+    let dir = tempfile::tempdir().unwrap();
+    let fed = dir.path().join("federated-token");
+    std::fs::write(&fed, "SECRETzq7Xy-federated-assertion").unwrap();
+    let entra = fake_idp::build(
+        Some("api://x/.default"),
+        &format!(
+            "kind = \"entra-federated\"\ntenant_id = \"t\"\nclient_id = \"c\"\nauthority_host = \"{}\"\nfederated_token_file = \"{}\"",
+            idp.url(""),
+            fed.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    let t = entra.acquire(&TokenRequest::new("p")).await.unwrap();
+    debug_prints.push_str(&format!("{t:?} {entra:?}"));
 
     // the proxy: success, a 401 retry, and a failing upstream
     let issuer = Issuer::new(MARK, Duration::from_secs(3600));

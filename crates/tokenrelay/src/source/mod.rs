@@ -241,9 +241,18 @@ impl Env for ProcessEnv {
     }
 }
 
-/// A fixed map of variables (for tests and embedding).
-#[derive(Debug, Clone, Default)]
+/// A fixed map of variables (for tests and embedding). Its `Debug` lists the names only:
+/// values may be secrets.
+#[derive(Clone, Default)]
 pub struct MapEnv(pub HashMap<String, String>);
+
+impl fmt::Debug for MapEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_tuple("MapEnv").field(&names).finish()
+    }
+}
 
 impl MapEnv {
     /// A map from `(name, value)` pairs.
