@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every end-to-end test with real clients (Copilot CLI proxy and helper faces, OpenAI
+# Python SDK, Copilot SDK, the GitHub Actions composite action), after building the release
+# binary. Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
+# Ends with the line `N passed, M failed` (`, K skipped` when some skipped); exits non-zero
+# when any failed.
+#
+# Usage: bash e2e/run.sh [TEST...]   (names without .sh; default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python copilot-sdk github-actions)
+if [[ $# -gt 0 ]]; then
+    TESTS=("$@")
+fi
+
+if [[ -z "${TOKENRELAY_BIN:-}" ]]; then
+    echo "== e2e: cargo build --release"
+    cargo build --release --quiet -p tokenrelay-cli
+fi
+
+passed=0
+failed=0
+skipped=0
+failures=()
+for t in "${TESTS[@]}"; do
+    echo "== e2e: $t"
+    started=$SECONDS
+    code=0
+    timeout 600 bash "e2e/$t.sh" || code=$?
+    case $code in
+        0) passed=$((passed + 1)) ;;
+        77) skipped=$((skipped + 1)) ;;
+        *)
+            failed=$((failed + 1))
+            failures+=("$t (exit $code)")
+            ;;
+    esac
+    echo "   ($t: $((SECONDS - started))s)"
+done
+if [[ $failed -gt 0 ]]; then
+    echo "e2e failures: ${failures[*]}"
+fi
+if [[ $skipped -gt 0 ]]; then
+    echo "$passed passed, $failed failed, $skipped skipped"
+else
+    echo "$passed passed, $failed failed"
+fi
+[[ $failed -eq 0 ]]
