@@ -27,15 +27,17 @@ fn directive(text: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn offers_tool(api: Api, body: &Value, name: &str) -> bool {
-    body["tools"].as_array().is_some_and(|tools| {
-        tools.iter().any(|t| {
-            let n = match api {
-                Api::Chat => t.pointer("/function/name"),
-                _ => t.get("name"),
-            };
-            n.and_then(Value::as_str) == Some(name)
-        })
+/// The name of the offered tool called `name`, compared without case (Copilot's shell tool is
+/// `bash`, Claude Code's is `Bash`).
+fn offered_tool(api: Api, body: &Value, name: &str) -> Option<String> {
+    body["tools"].as_array()?.iter().find_map(|t| {
+        let n = match api {
+            Api::Chat => t.pointer("/function/name"),
+            _ => t.get("name"),
+        };
+        n.and_then(Value::as_str)
+            .filter(|n| n.eq_ignore_ascii_case(name))
+            .map(str::to_owned)
     })
 }
 
@@ -94,16 +96,17 @@ pub(super) fn scripted_revocation(api: Api, body: &Value, prompt: &str) -> bool 
 pub(super) fn tool_turn(api: Api, body: &Value, prompt: &str) -> Option<ToolCall> {
     let turns = directive(prompt, "e2e-tool-turns=")?;
     let done = tool_results(api, body) as u64;
-    if done >= turns || !offers_tool(api, body, "bash") {
+    if done >= turns {
         return None;
     }
+    let tool = offered_tool(api, body, "bash")?;
     let sleep = directive(prompt, "e2e-sleep=")
         .unwrap_or(1)
         .min(MAX_SLEEP_S);
     let n = done + 1;
     Some(ToolCall {
         id: format!("call_{}", rand::random::<u32>()),
-        name: "bash".into(),
+        name: tool,
         arguments: json!({
             "command": format!("sleep {sleep} && echo e2e-turn-{n}"),
             "description": format!("e2e scripted turn {n} of {turns}"),
@@ -297,6 +300,9 @@ mod tests {
             &body,
             "e2e-revoke-at-turn=1"
         ));
+        let claude = json!({"tools": [{"name": "Bash"}], "messages": []});
+        let call = tool_turn(Api::Messages, &claude, "e2e-tool-turns=1");
+        assert_eq!(call.map(|c| c.name).as_deref(), Some("Bash"));
         let no_bash = json!({"tools": [{"name": "view"}], "messages": []});
         assert!(tool_turn(Api::Messages, &no_bash, "e2e-tool-turns=2").is_none());
     }

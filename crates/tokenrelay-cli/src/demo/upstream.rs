@@ -104,7 +104,8 @@ fn unauthorized(api: Api, why: &str) -> Response<Body> {
     json(StatusCode::UNAUTHORIZED, &body)
 }
 
-fn text_of(v: &Value) -> Option<String> {
+/// The text of a message's content: all its text parts joined, or only the last one.
+fn text_of(v: &Value, last_part_only: bool) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Array(parts) => {
@@ -112,20 +113,26 @@ fn text_of(v: &Value) -> Option<String> {
                 .iter()
                 .filter_map(|p| p.get("text").and_then(Value::as_str))
                 .collect();
-            (!t.is_empty()).then(|| t.join(" "))
+            match (last_part_only, t.last()) {
+                (_, None) => None,
+                (true, Some(last)) => Some((*last).to_owned()),
+                (false, Some(_)) => Some(t.join(" ")),
+            }
         }
         _ => None,
     }
 }
 
-/// The last user message of a chat, Responses or Messages request.
-fn prompt(api: Api, body: &Value) -> String {
+/// The last user message of a chat, Responses or Messages request: all of its text (where the
+/// scripted-turn directives are looked for), or only its last text part (what the answer
+/// echoes; clients such as Claude Code put context blocks before the prompt).
+fn prompt(api: Api, body: &Value, last_part_only: bool) -> String {
     let from_messages = |msgs: &Value| {
         msgs.as_array().and_then(|m| {
             m.iter()
                 .rev()
                 .filter(|x| x.get("role").and_then(Value::as_str) == Some("user"))
-                .find_map(|x| x.get("content").and_then(text_of))
+                .find_map(|x| x.get("content").and_then(|c| text_of(c, last_part_only)))
         })
     };
     let p = match api {
@@ -136,8 +143,7 @@ fn prompt(api: Api, body: &Value) -> String {
         },
         Api::Models => None,
     };
-    let p = p.unwrap_or_default();
-    p.chars().take(200).collect()
+    p.unwrap_or_default()
 }
 
 pub(super) fn now_s() -> u64 {
@@ -379,7 +385,7 @@ pub(crate) async fn handle(
             }
         }
     };
-    let asked = prompt(api, &v);
+    let asked = prompt(api, &v, false);
     if scripted_revocation(api, &v, &asked) && !stats.scripted_revoked.swap(true, Ordering::SeqCst)
     {
         shared.revoke_all();
@@ -420,7 +426,8 @@ pub(crate) async fn handle(
             _ => messages_tool_call(&model, &call, stream),
         };
     }
-    let text = format!("pong: {asked}");
+    let echo: String = prompt(api, &v, true).chars().take(200).collect();
+    let text = format!("pong: {echo}");
     match api {
         Api::Chat => {
             let usage = v
