@@ -16,6 +16,7 @@ TOKENRELAY="${TOKENRELAY_BIN:-$ROOT/target/release/tokenrelay}"
 COPILOT_VERSION="1.0.102"     # npm @github/copilot
 COPILOT_SDK_VERSION="1.0.14"  # npm @github/copilot-sdk
 OPENAI_PY_VERSION="3.54.0"    # PyPI openai
+CLAUDE_CODE_VERSION="2.1.197" # npm @anthropic-ai/claude-code
 
 E2E_NAME=""
 WORK=""
@@ -95,6 +96,25 @@ ensure_npm() {
         >"$dir/install.log" 2>&1 || {
         tail -20 "$dir/install.log" >&2
         fail "npm install failed"
+    }
+    touch "$stamp"
+}
+
+# ensure_claude: @anthropic-ai/claude-code at the pinned version in e2e/.tools/claude.
+ensure_claude() {
+    local dir="$TOOLS/claude"
+    local stamp="$dir/.installed-claude-code-$CLAUDE_CODE_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || fail "npm is not installed"
+    mkdir -p "$dir"
+    printf '{ "private": true }\n' >"$dir/package.json"
+    note "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION into $dir"
+    timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+        "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log" >&2
+        fail "npm install @anthropic-ai/claude-code failed"
     }
     touch "$stamp"
 }
