@@ -32,6 +32,9 @@ pub(crate) struct ProxyArgs {
     /// Speak HTTP/2 with prior knowledge to plain-http upstreams.
     #[arg(long)]
     upstream_h2c: bool,
+    /// Worker threads, each serving its connections start to finish (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +67,12 @@ fn options(p: &ProxyArgs, cfg: &Config) -> Result<ProxyOptions, Failure> {
         p.shutdown_grace
     };
     o.upstream_h2c = p.upstream_h2c;
+    if let Some(n) = p.workers {
+        if n == 0 {
+            return Err(Failure::usage("--workers must be at least 1"));
+        }
+        o.workers = n;
+    }
     if let Some(var) = &p.local_key_env {
         let key = std::env::var(var)
             .map_err(|_| Failure::usage(format!("--local-key-env: {var} is not set")))?;

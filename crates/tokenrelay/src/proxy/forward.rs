@@ -222,8 +222,10 @@ fn sigv4_headers(
     .map_err(|e| token_error(p, &e))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send(
     p: &Provider,
+    worker: usize,
     method: &http::Method,
     url: &str,
     headers: HeaderMap,
@@ -243,7 +245,8 @@ async fn send(
         let value = header_value(p, lease).map_err(|e| token_error(p, &e))?;
         headers.insert(p.inject_header.clone(), value);
     }
-    p.client
+    let client = &p.clients[worker % p.clients.len()];
+    client
         .request(method.clone(), url)
         .headers(headers)
         .body(body)
@@ -266,6 +269,7 @@ pub(crate) async fn forward(
     p: &Arc<Provider>,
     req: Request<Incoming>,
     strip: usize,
+    worker: usize,
 ) -> Response<ProxyBody> {
     let started = tokio::time::Instant::now();
     p.metrics
@@ -325,6 +329,7 @@ pub(crate) async fn forward(
     let retry_headers = replay.as_ref().map(|_| parts.headers.clone());
     let mut resp = match send(
         p,
+        worker,
         &parts.method,
         &url,
         parts.headers,
@@ -358,6 +363,7 @@ pub(crate) async fn forward(
             );
             resp = match send(
                 p,
+                worker,
                 &parts.method,
                 &url,
                 h,
@@ -384,5 +390,9 @@ pub(crate) async fn forward(
     tracing::debug!(provider = %p.name, status, elapsed_us = started.elapsed().as_micros() as u64, "forwarded");
     let mut out: Response<reqwest::Body> = resp.into();
     headers::strip_hop_by_hop(out.headers_mut());
-    out.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+    out.map(|b| {
+        super::coalesce::Coalesce::new(b)
+            .map_err(|e| -> BoxError { Box::new(e) })
+            .boxed_unsync()
+    })
 }

@@ -26,12 +26,14 @@
 //! ```
 
 mod admin;
+mod coalesce;
 mod forward;
 mod headers;
 mod metrics;
+mod server;
 
-use std::convert::Infallible;
-use std::future::Future;
+pub use server::BoundProxy;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,15 +43,10 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::cache::{Cache, CacheEntry};
 use crate::config::{Config, ErrorStyle, Inject, DEFAULT_LISTEN, DEFAULT_MIN_REMAINING};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::source::{SharedEnv, Source};
 
@@ -85,6 +82,18 @@ pub struct ProxyOptions {
     pub shutdown_grace: Duration,
     /// Speak HTTP/2 with prior knowledge to plain-HTTP upstreams (h2c).
     pub upstream_h2c: bool,
+    /// Worker threads, each with its own single-threaded runtime, listener socket
+    /// (`SO_REUSEPORT`) and upstream connection pool (default: one per CPU, see
+    /// [`default_workers`]).
+    pub workers: usize,
+}
+
+/// One worker per available CPU (at least one): like nginx's `worker_processes auto`, a
+/// request is served start to finish on one thread, with no cross-thread wake-ups.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1)
 }
 
 impl Default for ProxyOptions {
@@ -96,6 +105,7 @@ impl Default for ProxyOptions {
             replay_limit: DEFAULT_REPLAY_LIMIT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             upstream_h2c: false,
+            workers: default_workers(),
         }
     }
 }
@@ -112,7 +122,8 @@ pub(crate) struct Provider {
     pub retry_on: Vec<u16>,
     pub min_remaining: Duration,
     pub style: ErrorStyle,
-    pub client: reqwest::Client,
+    /// One HTTP client (and connection pool) per worker thread.
+    pub clients: Vec<reqwest::Client>,
     pub metrics: metrics::ProviderMetrics,
     /// The injected header value for the current token generation.
     pub header_value: ArcSwapOption<(u64, HeaderValue)>,
@@ -141,6 +152,7 @@ pub struct Proxy {
     admin_listen: Option<SocketAddr>,
     own_listeners: Vec<(SocketAddr, usize)>,
     shutdown_grace: Duration,
+    workers: usize,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -218,7 +230,11 @@ impl Proxy {
                 ),
             ));
         }
-        let client = build_client(cfg, &opts)?;
+        let workers = opts.workers.max(1);
+        let mut clients = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            clients.push(build_client(cfg, &opts)?);
+        }
         let mut providers = Vec::new();
         for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
             let at = format!("provider[{i}] ({})", p.name);
@@ -269,7 +285,7 @@ impl Proxy {
                 retry_on: p.retry_on.clone(),
                 min_remaining: p.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING),
                 style: p.error_style(),
-                client: client.clone(),
+                clients: clients.clone(),
                 metrics: metrics::ProviderMetrics::default(),
                 header_value: ArcSwapOption::empty(),
                 sigv4,
@@ -334,6 +350,7 @@ impl Proxy {
             admin_listen,
             own_listeners,
             shutdown_grace: opts.shutdown_grace,
+            workers,
         };
         proxy.main_router()?;
         Ok(proxy)
@@ -365,168 +382,14 @@ impl Proxy {
             admin: self.admin_listen.is_none(),
         })
     }
-
-    /// Binds every listener.
-    ///
-    /// # Errors
-    /// When an address cannot be bound.
-    pub async fn bind(self) -> Result<BoundProxy> {
-        let mut listeners = Vec::new();
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|e| {
-                Error::new(
-                    "proxy",
-                    ErrorKind::Unavailable(format!("cannot listen on {addr}: {e}")),
-                )
-            })
-        };
-        listeners.push((bind(self.listen).await?, self.main_router()?));
-        if let Some(a) = self.admin_listen {
-            listeners.push((
-                bind(a).await?,
-                Router {
-                    root: None,
-                    prefixed: Vec::new(),
-                    admin: true,
-                },
-            ));
-        }
-        for (a, i) in &self.own_listeners {
-            listeners.push((
-                bind(*a).await?,
-                Router {
-                    root: Some(*i),
-                    prefixed: Vec::new(),
-                    admin: false,
-                },
-            ));
-        }
-        let addrs = listeners
-            .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
-            .collect();
-        Ok(BoundProxy {
-            state: self.state,
-            listeners,
-            addrs,
-            shutdown_grace: self.shutdown_grace,
-        })
-    }
 }
 
-/// A proxy with its listeners bound.
-pub struct BoundProxy {
+async fn handle(
     state: Arc<State>,
-    listeners: Vec<(TcpListener, Router)>,
-    addrs: Vec<SocketAddr>,
-    shutdown_grace: Duration,
-}
-
-impl std::fmt::Debug for BoundProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundProxy")
-            .field("addrs", &self.addrs)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BoundProxy {
-    /// Address of the main listener (useful after binding port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addrs[0]
-    }
-
-    /// Addresses of all listeners: main, then admin (if any), then per-provider ones.
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
-    /// finish for up to the shutdown grace. Also starts acquiring every provider's token.
-    ///
-    /// # Errors
-    /// Never in practice; accept errors are logged and retried.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        for p in &self.state.providers {
-            let p = p.clone();
-            tokio::spawn(async move {
-                if let Err(e) = p.entry.get().await {
-                    tracing::warn!(provider = %p.name, error = %e, "initial token acquisition failed; will retry");
-                }
-            });
-        }
-        let (tx, rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        for (listener, router) in self.listeners {
-            let state = self.state.clone();
-            let rx = rx.clone();
-            let grace = self.shutdown_grace;
-            tasks.push(tokio::spawn(accept_loop(
-                listener, router, state, rx, grace,
-            )));
-        }
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; letting in-flight requests finish");
-        let _ = tx.send(true);
-        for t in tasks {
-            let _ = t.await;
-        }
-        Ok(())
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
     router: Router,
-    state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let router = router.clone();
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(handle(state, router, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = grace.as_secs(),
-            "in-flight requests still running after the grace period; closing them"
-        );
-    }
-}
-
-async fn handle(state: Arc<State>, router: Router, req: Request<Incoming>) -> Response<ProxyBody> {
+    worker: usize,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let path = req.uri().path();
     if router.admin && admin::is_admin_path(path) {
         return admin::respond(&state, &req);
@@ -574,5 +437,5 @@ async fn handle(state: Arc<State>, router: Router, req: Request<Incoming>) -> Re
             );
         }
     }
-    forward::forward(&state, &provider, req, strip).await
+    forward::forward(&state, &provider, req, strip, worker).await
 }

@@ -1,0 +1,270 @@
+//! Listening and serving: one worker thread per CPU, each with a single-threaded runtime, its
+//! own `SO_REUSEPORT` socket on every listener and its own upstream connection pool, so a
+//! request is accepted, forwarded and answered on one thread (nginx's worker model). Graceful
+//! shutdown stops accepting and lets in-flight requests finish for the grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch};
+
+use super::{handle, Proxy, Router, State};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Pending connections the kernel queues per socket.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind_err(addr: SocketAddr, e: std::io::Error) -> Error {
+    Error::new(
+        "proxy",
+        ErrorKind::Unavailable(format!("cannot listen on {addr}: {e}")),
+    )
+}
+
+/// Binds `n` sockets to `addr` with `SO_REUSEPORT` (the kernel spreads connections over them).
+/// Port 0 is resolved by the first socket and reused by the others.
+fn bind_group(addr: SocketAddr, n: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let mut out = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n {
+        let socket = if bound.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| bind_err(addr, e))?;
+        socket.set_reuseaddr(true).map_err(|e| bind_err(addr, e))?;
+        socket.set_reuseport(true).map_err(|e| bind_err(addr, e))?;
+        socket.bind(bound).map_err(|e| bind_err(addr, e))?;
+        let listener = socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(|e| bind_err(addr, e))?;
+        bound = listener.local_addr().map_err(|e| bind_err(addr, e))?;
+        out.push(listener.into_std().map_err(|e| bind_err(addr, e))?);
+    }
+    Ok((bound, out))
+}
+
+impl Proxy {
+    /// Binds every listener (one socket per worker on each address).
+    ///
+    /// # Errors
+    /// When an address cannot be bound.
+    pub async fn bind(self) -> Result<BoundProxy> {
+        let mut routers = vec![(self.listen, self.main_router()?)];
+        if let Some(a) = self.admin_listen {
+            routers.push((
+                a,
+                Router {
+                    root: None,
+                    prefixed: Vec::new(),
+                    admin: true,
+                },
+            ));
+        }
+        for (a, i) in &self.own_listeners {
+            routers.push((
+                *a,
+                Router {
+                    root: Some(*i),
+                    prefixed: Vec::new(),
+                    admin: false,
+                },
+            ));
+        }
+        let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for (addr, router) in routers {
+            let (bound, sockets) = bind_group(addr, self.workers)?;
+            addrs.push(bound);
+            listeners.push((sockets, router));
+        }
+        Ok(BoundProxy {
+            state: self.state,
+            listeners,
+            addrs,
+            shutdown_grace: self.shutdown_grace,
+            workers: self.workers,
+        })
+    }
+}
+
+/// A proxy with its listeners bound.
+pub struct BoundProxy {
+    state: Arc<State>,
+    listeners: Vec<(Vec<std::net::TcpListener>, Router)>,
+    addrs: Vec<SocketAddr>,
+    shutdown_grace: Duration,
+    workers: usize,
+}
+
+impl std::fmt::Debug for BoundProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundProxy")
+            .field("addrs", &self.addrs)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundProxy {
+    /// Address of the main listener (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Addresses of all listeners: main, then admin (if any), then per-provider ones.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish for up to the shutdown grace. Also starts acquiring every provider's token.
+    ///
+    /// # Errors
+    /// When a worker thread cannot be started.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        for p in &self.state.providers {
+            let p = p.clone();
+            tokio::spawn(async move {
+                if let Err(e) = p.entry.get().await {
+                    tracing::warn!(provider = %p.name, error = %e, "initial token acquisition failed; will retry");
+                }
+            });
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Deal one socket of every listener to each worker.
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Router)>> =
+            (0..self.workers).map(|_| Vec::new()).collect();
+        for (sockets, router) in self.listeners {
+            for (w, socket) in sockets.into_iter().enumerate() {
+                per_worker[w % self.workers].push((socket, router.clone()));
+            }
+        }
+        let mut done = Vec::new();
+        for (w, listeners) in per_worker.into_iter().enumerate() {
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            done.push(done_rx);
+            let state = self.state.clone();
+            let stop = stop_rx.clone();
+            let grace = self.shutdown_grace;
+            std::thread::Builder::new()
+                .name(format!("tokenrelay-w{w}"))
+                .spawn(move || {
+                    worker(w, listeners, state, stop, grace);
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| {
+                    Error::new(
+                        "proxy",
+                        ErrorKind::Unavailable(format!("cannot start worker thread: {e}")),
+                    )
+                })?;
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; letting in-flight requests finish");
+        let _ = stop_tx.send(true);
+        for d in done {
+            let _ = d.await;
+        }
+        Ok(())
+    }
+}
+
+/// One worker thread: a current-thread runtime serving its sockets until told to stop.
+fn worker(
+    w: usize,
+    listeners: Vec<(std::net::TcpListener, Router)>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = w, error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut loops = Vec::new();
+        for (socket, router) in listeners {
+            match TcpListener::from_std(socket) {
+                Ok(l) => loops.push(tokio::spawn(accept_loop(
+                    l,
+                    router,
+                    state.clone(),
+                    w,
+                    stop.clone(),
+                    grace,
+                ))),
+                Err(e) => tracing::error!(worker = w, error = %e, "cannot register a listener"),
+            }
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+    });
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    state: Arc<State>,
+    worker: usize,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let router = router.clone();
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(handle(state, router, worker, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "in-flight requests still running after the grace period; closing them"
+        );
+    }
+}
