@@ -93,7 +93,9 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     telemetry::init(&cli.log, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread is enough here: the proxy runs its own worker threads (one per CPU), and the
+    // other commands wait on one source at a time.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
