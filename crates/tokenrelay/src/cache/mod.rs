@@ -272,7 +272,10 @@ impl CacheEntry {
     /// The held token if it is valid and not due for refresh: no lock, no I/O, no await.
     /// Inside the refresh window it still answers and starts a background refresh.
     pub fn try_get(&self) -> Option<CachedToken> {
-        let now = self.0.clock.now();
+        self.try_get_at(self.0.clock.now())
+    }
+
+    fn try_get_at(&self, now: SystemTime) -> Option<CachedToken> {
         let guard = self.0.current.load();
         let cached = guard.as_ref()?;
         if now < cached.refresh_at {
@@ -310,8 +313,8 @@ impl CacheEntry {
     /// # Errors
     /// When no valid token can be had.
     pub async fn get_with_min_remaining(&self, min_remaining: Duration) -> Result<CachedToken> {
-        if let Some(t) = self.try_get() {
-            let now = self.0.clock.now();
+        let now = self.0.clock.now();
+        if let Some(t) = self.try_get_at(now) {
             let need = policy::effective_min_remaining(min_remaining, t.token().lifetime());
             match t.token().remaining(now) {
                 // Backing off after a failed refresh: do not hammer the source per request.

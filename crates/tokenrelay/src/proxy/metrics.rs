@@ -43,13 +43,12 @@ impl ProviderMetrics {
         }
     }
 
-    /// Records time to response headers.
+    /// Records time to response headers: one increment, in the first bucket that holds it
+    /// (the renderer makes the counts cumulative).
     pub(crate) fn record_latency(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us
@@ -198,12 +197,13 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
     );
     for s in samples {
         let m = s.metrics;
+        let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += m.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "tokenrelay_upstream_latency_seconds_bucket{{provider=\"{}\",le=\"{bound}\"}} {}",
+                "tokenrelay_upstream_latency_seconds_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}",
                 s.provider,
-                m.buckets[i].load(Ordering::Relaxed)
             );
         }
         let count = m.latency_count.load(Ordering::Relaxed);
@@ -225,4 +225,39 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_labels_are_providers_only() {
+        let m = ProviderMetrics::default();
+        for ms in [0.5, 3.0, 20_000.0] {
+            m.record_latency(Duration::from_secs_f64(ms / 1000.0));
+        }
+        m.record_status(200);
+        m.record_status(401);
+        let text = render(&[Sample {
+            provider: "azure",
+            metrics: &m,
+            acquisitions: 2,
+            refresh_failures: 1,
+            seconds_until_expiry: Some(59.5),
+            ready: true,
+        }]);
+        for line in [
+            "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"0.001\"} 1",
+            "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"0.005\"} 2",
+            "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"10\"} 2",
+            "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"+Inf\"} 3",
+            "tokenrelay_upstream_latency_seconds_count{provider=\"azure\"} 3",
+            "tokenrelay_responses_total{provider=\"azure\",status=\"401\"} 1",
+            "tokenrelay_token_expiry_seconds{provider=\"azure\"} 59.500",
+            "tokenrelay_provider_ready{provider=\"azure\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+    }
 }
