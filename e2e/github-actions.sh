@@ -113,6 +113,7 @@ oidc_bad="$(entra_stats oidc_rejected)"
 [[ "$rejected" -eq 1 && "$retries" -eq 1 && "$c401" -eq 0 ]] ||
     fail "upstream rejected $rejected, proxy retried $retries, client saw $c401 401s (expected 1, 1, 0)"
 # /status was read when the agent finished; one background refresh may have started since.
-[[ "$acq" -ge 3 && "$entra" -ge "$acq" && "$entra" -le $((acq + 1)) && "$oidc" -eq "$entra" ]] ||
+[[ "$acq" -ge 3 && "$entra" -ge "$acq" && "$entra" -le $((acq + 1)) &&
+    "$oidc" -ge "$entra" && "$oidc" -le $((entra + 1)) ]] ||
     fail "acquisitions $acq, Entra exchanges $entra, OIDC tokens minted $oidc"
 summary "composite action + github-oidc-entra (simulated Actions, fake Entra): copilot (azure) $calls model calls, $acq acquisitions ($oidc OIDC mints, $entra Entra exchanges by shutdown) (tokens live ${LIFETIME_S}s), 1 forced 401 retried by the proxy, 0 seen by the client"

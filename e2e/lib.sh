@@ -123,9 +123,10 @@ COPILOT_BIN() {
     echo "$TOOLS/npm/node_modules/.bin/copilot"
 }
 
-# ensure_venv: the OpenAI Python SDK at the pinned version in e2e/.tools/venv.
+# ensure_venv: the OpenAI Python SDK at the pinned version in its own venv,
+# e2e/.tools/venv-openai (e2e/idp keeps moto in e2e/.tools/venv).
 ensure_venv() {
-    local dir="$TOOLS/venv"
+    local dir="$TOOLS/venv-openai"
     local stamp="$dir/.installed-openai-$OPENAI_PY_VERSION"
     if [[ -f "$stamp" ]]; then
         return 0
@@ -133,8 +134,8 @@ ensure_venv() {
     note "installing openai==$OPENAI_PY_VERSION into $dir"
     python3 -m venv "$dir" || fail "python3 -m venv failed"
     timeout 300 "$dir/bin/pip" install --quiet "openai==$OPENAI_PY_VERSION" \
-        >"$TOOLS/venv-install.log" 2>&1 || {
-        tail -20 "$TOOLS/venv-install.log" >&2
+        >"$TOOLS/venv-openai-install.log" 2>&1 || {
+        tail -20 "$TOOLS/venv-openai-install.log" >&2
         fail "pip install openai==$OPENAI_PY_VERSION failed"
     }
     touch "$stamp"
