@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::http::IdpClient;
 use super::inputs::SecretInput;
-use super::oauth::{check_url, joined_scope, AuthMethod, ClientAuth, OAuthClient};
+use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, ClientAuth, OAuthClient};
 use super::{
     acquire_with_timeout, Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT,
     DEFAULT_TTL,
@@ -65,26 +65,15 @@ impl Source for TokenExchangeSource {
             ("subject_token_type", subject_type),
         ];
         form.extend(self.params.iter().cloned());
-        if let Some(scope) = req
-            .scope()
-            .map(str::to_owned)
-            .or_else(|| self.scope.clone())
-        {
-            form.push(("scope", scope));
-        }
-        let basic = self
-            .client
-            .apply(&origin, &self.token_url, &mut form)
-            .await?;
-        let params: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let now = SystemTime::now();
         let resp = self
-            .http
+            .client
             .token_request(
+                &self.http,
                 &origin,
                 &self.token_url,
-                &params,
-                basic.as_ref().map(|(id, s)| (id.as_str(), s)),
+                form,
+                request_scope(req, &self.scope),
             )
             .await?;
         tracing::debug!(issued_token_type = ?resp.issued_token_type, "token exchanged");

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::assertion::{ClientAssertion, PrivateKeyJwt, Thumbprint, JWT_BEARER_ASSERTION_TYPE};
-use super::http::IdpClient;
+use super::http::{IdpClient, TokenResponse};
 use super::inputs::SecretInput;
 use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
 use crate::error::{Error, Result};
@@ -40,6 +40,33 @@ pub struct OAuthClient {
 }
 
 impl OAuthClient {
+    /// Posts a token request: `form` plus `scope` (when there is one) and this client's
+    /// authentication, to `token_url` through `http`.
+    ///
+    /// # Errors
+    /// When the client's secret or assertion cannot be had, or the IdP refuses.
+    pub async fn token_request(
+        &self,
+        http: &IdpClient,
+        origin: &str,
+        token_url: &str,
+        mut form: Vec<(&'static str, String)>,
+        scope: Option<String>,
+    ) -> Result<TokenResponse> {
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
+        let basic = self.apply(origin, token_url, &mut form).await?;
+        let params: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http.token_request(
+            origin,
+            token_url,
+            &params,
+            basic.as_ref().map(|(id, s)| (id.as_str(), s)),
+        )
+        .await
+    }
+
     /// Adds the client's parameters to `form`; returns HTTP Basic credentials to send, if any.
     ///
     /// # Errors
@@ -176,24 +203,17 @@ impl Source for ClientCredentialsSource {
         let origin = self.describe();
         let mut form: Vec<(&'static str, String)> =
             vec![("grant_type", "client_credentials".into())];
-        if let Some(scope) = req
-            .scope()
-            .map(str::to_owned)
-            .or_else(|| self.scope.clone())
-        {
-            form.push(("scope", scope));
-        }
         form.extend(self.extra.iter().cloned());
-        let basic = self
-            .client
-            .apply(&origin, &self.token_url, &mut form)
-            .await?;
-        let params: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let basic_ref = basic.as_ref().map(|(id, s)| (id.as_str(), s));
         let now = SystemTime::now();
         let resp = self
-            .http
-            .token_request(&origin, &self.token_url, &params, basic_ref)
+            .client
+            .token_request(
+                &self.http,
+                &origin,
+                &self.token_url,
+                form,
+                request_scope(req, &self.scope),
+            )
             .await?;
         let expiry = resp.expires_at.unwrap_or(now + self.default_ttl);
         Ok(Token::new(resp.access_token, origin)
@@ -365,4 +385,11 @@ impl OAuth2Config {
                 .with_default_ttl(self.default_ttl),
         ))
     }
+}
+
+/// The scope to ask for: the request's, else the source's configured one (verbatim).
+pub(crate) fn request_scope(req: &TokenRequest, configured: &Option<String>) -> Option<String> {
+    req.scope()
+        .map(str::to_owned)
+        .or_else(|| configured.clone())
 }

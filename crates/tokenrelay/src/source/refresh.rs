@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::http::IdpClient;
 use super::inputs::SecretInput;
-use super::oauth::{check_url, joined_scope, AuthMethod, ClientAuth, OAuthClient};
+use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, ClientAuth, OAuthClient};
 use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
@@ -123,30 +123,19 @@ impl Source for RefreshTokenSource {
     async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
         let origin = self.describe();
         let refresh = self.current(&origin)?;
-        let mut form: Vec<(&'static str, String)> = vec![
+        let form: Vec<(&'static str, String)> = vec![
             ("grant_type", "refresh_token".into()),
             ("refresh_token", refresh.expose().to_owned()),
         ];
-        if let Some(scope) = req
-            .scope()
-            .map(str::to_owned)
-            .or_else(|| self.scope.clone())
-        {
-            form.push(("scope", scope));
-        }
-        let basic = self
-            .client
-            .apply(&origin, &self.token_url, &mut form)
-            .await?;
-        let params: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let now = SystemTime::now();
         let resp = self
-            .http
+            .client
             .token_request(
+                &self.http,
                 &origin,
                 &self.token_url,
-                &params,
-                basic.as_ref().map(|(id, s)| (id.as_str(), s)),
+                form,
+                request_scope(req, &self.scope),
             )
             .await?;
         if let Some(new) = resp.refresh_token {
