@@ -19,6 +19,16 @@ fn src(i: &Arc<Issuer>) -> Arc<dyn Source> {
     Arc::new(IssuerSource(i.clone()))
 }
 
+/// A proxy with one provider "a" in front of `up`, its tokens from `issuer`.
+async fn one_provider(up: &Upstream, issuer: &Arc<Issuer>) -> std::net::SocketAddr {
+    proxy(
+        &provider_toml("a", &up.url(), ""),
+        vec![src(issuer)],
+        ProxyOptions::default(),
+    )
+    .await
+}
+
 /// An upstream that accepts only valid tokens from `issuer`, like a real provider.
 async fn checking_upstream(issuer: Arc<Issuer>, reject_status: u16) -> Upstream {
     Upstream::start(move |seen| match bearer(&seen.headers) {
@@ -41,12 +51,7 @@ async fn checking_upstream(issuer: Arc<Issuer>, reject_status: u16) -> Upstream 
 async fn rotation_across_lifetimes_has_no_client_visible_401() {
     let issuer = Issuer::new("a", Duration::from_millis(1500));
     let up = checking_upstream(issuer.clone(), 401).await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let client = reqwest::Client::new();
     let mut statuses = Vec::new();
     for _ in 0..45 {
@@ -73,12 +78,7 @@ async fn rotation_across_lifetimes_has_no_client_visible_401() {
 async fn rejected_token_is_invalidated_and_request_retried_once() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
     let up = checking_upstream(issuer.clone(), 401).await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let client = reqwest::Client::new();
     let r = client
         .post(format!("http://{addr}/x"))
@@ -120,12 +120,7 @@ async fn rejected_token_is_invalidated_and_request_retried_once() {
 async fn a_second_rejection_is_passed_through_never_looped() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
     let up = Upstream::start(|_| full(401, r#"{"error":{"message":"nope"}}"#)).await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let r = reqwest::Client::new()
         .post(format!("http://{addr}/x"))
         .body("b")
@@ -226,12 +221,7 @@ async fn sse_events_arrive_as_they_are_sent() {
         }
     })
     .await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let mut resp = reqwest::Client::new()
         .get(format!("http://{addr}/sse"))
         .send()
@@ -285,12 +275,7 @@ async fn client_disconnect_cancels_the_upstream_request() {
         }
     })
     .await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let mut resp = reqwest::Client::new()
         .get(format!("http://{addr}/sse"))
         .send()
@@ -485,12 +470,7 @@ async fn non_loopback_listen_requires_a_local_key() {
 async fn http2_clients_are_served() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
     let up = Upstream::start(|_| full(200, "{}")).await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -569,12 +549,7 @@ async fn failing_source_is_a_json_503_in_the_provider_shape() {
 async fn admin_endpoints_never_show_token_bytes() {
     let issuer = Issuer::new("secretive", Duration::from_secs(3600));
     let up = Upstream::start(|_| full(200, "{}")).await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     reqwest::get(format!("http://{addr}/x")).await.unwrap();
     for path in ["/status", "/metrics", "/readyz", "/healthz"] {
         let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
@@ -703,12 +678,7 @@ async fn large_responses_stream_in_flat_memory() {
         http::Response::new(StreamBody::new(stream).boxed_unsync())
     })
     .await;
-    let addr = proxy(
-        &provider_toml("a", &up.url(), ""),
-        vec![src(&issuer)],
-        ProxyOptions::default(),
-    )
-    .await;
+    let addr = one_provider(&up, &issuer).await;
     let before = rss_kib();
     let mut resp = reqwest::get(format!("http://{addr}/big")).await.unwrap();
     let mut total = 0usize;
