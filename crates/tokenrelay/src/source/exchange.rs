@@ -77,10 +77,7 @@ impl Source for TokenExchangeSource {
             )
             .await?;
         tracing::debug!(issued_token_type = ?resp.issued_token_type, "token exchanged");
-        let expiry = resp.expires_at.unwrap_or(now + self.default_ttl);
-        Ok(Token::new(resp.access_token, origin)
-            .acquired_at(now)
-            .expires_at(expiry))
+        Ok(resp.into_token(origin, now, self.default_ttl))
     }
     fn kind(&self) -> &'static str {
         "token-exchange"

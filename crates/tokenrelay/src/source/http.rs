@@ -301,6 +301,22 @@ pub struct TokenResponse {
     pub issued_token_type: Option<String>,
 }
 
+impl TokenResponse {
+    /// The access token as a [`Token`](crate::Token) acquired at `now`, expiring when the answer
+    /// says, else `default_ttl` after `now`.
+    pub fn into_token(
+        self,
+        origin: String,
+        now: SystemTime,
+        default_ttl: Duration,
+    ) -> crate::Token {
+        let expiry = self.expires_at.unwrap_or(now + default_ttl);
+        crate::Token::new(self.access_token, origin)
+            .acquired_at(now)
+            .expires_at(expiry)
+    }
+}
+
 /// Interprets an IdP answer as an OAuth 2.0 token response.
 ///
 /// # Errors

@@ -215,10 +215,7 @@ impl Source for ClientCredentialsSource {
                 request_scope(req, &self.scope),
             )
             .await?;
-        let expiry = resp.expires_at.unwrap_or(now + self.default_ttl);
-        Ok(Token::new(resp.access_token, origin)
-            .acquired_at(now)
-            .expires_at(expiry))
+        Ok(resp.into_token(origin, now, self.default_ttl))
     }
     fn kind(&self) -> &'static str {
         self.kind

@@ -128,7 +128,7 @@ impl Source for RefreshTokenSource {
             ("refresh_token", refresh.expose().to_owned()),
         ];
         let now = SystemTime::now();
-        let resp = self
+        let mut resp = self
             .client
             .token_request(
                 &self.http,
@@ -138,16 +138,13 @@ impl Source for RefreshTokenSource {
                 request_scope(req, &self.scope),
             )
             .await?;
-        if let Some(new) = resp.refresh_token {
+        if let Some(new) = resp.refresh_token.take() {
             if new != refresh {
                 tracing::debug!("refresh token rotated");
                 self.store(&origin, new)?;
             }
         }
-        let expiry = resp.expires_at.unwrap_or(now + self.default_ttl);
-        Ok(Token::new(resp.access_token, origin)
-            .acquired_at(now)
-            .expires_at(expiry))
+        Ok(resp.into_token(origin, now, self.default_ttl))
     }
     fn kind(&self) -> &'static str {
         "refresh-token"
