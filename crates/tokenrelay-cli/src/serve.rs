@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use tokenrelay::config::{Config, Inject};
+use tokenrelay::config::Inject;
 use tokenrelay::proxy::{Proxy, ProxyOptions, DEFAULT_REPLAY_LIMIT, DEFAULT_SHUTDOWN_GRACE};
 use tokenrelay::Secret;
 
@@ -56,7 +56,7 @@ pub(crate) struct RunArgs {
     command: Vec<String>,
 }
 
-fn options(p: &ProxyArgs, cfg: &Config) -> Result<ProxyOptions, Failure> {
+fn options(p: &ProxyArgs) -> Result<ProxyOptions, Failure> {
     let mut o = ProxyOptions::default();
     o.listen = p.listen;
     o.admin_listen = p.admin_listen;
@@ -78,7 +78,6 @@ fn options(p: &ProxyArgs, cfg: &Config) -> Result<ProxyOptions, Failure> {
             .map_err(|_| Failure::usage(format!("--local-key-env: {var} is not set")))?;
         o.local_key = Some(Secret::new(key));
     }
-    let _ = cfg;
     Ok(o)
 }
 
@@ -101,7 +100,7 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
     let cfg = a.provider.load()?;
-    let opts = options(&a.proxy, &cfg)?;
+    let opts = options(&a.proxy)?;
     let proxy = Proxy::new(&cfg, &process_env(), opts)?;
     let bound = proxy.bind().await?;
     for p in &cfg.providers {
@@ -129,7 +128,7 @@ fn copilot_type(inject: &Inject) -> &'static str {
 
 pub(crate) async fn run(a: RunArgs) -> CmdResult {
     let cfg = a.provider.load()?;
-    let mut opts = options(&a.proxy, &cfg)?;
+    let mut opts = options(&a.proxy)?;
     let key = format!("trl-{}", hex_random());
     opts.local_key = Some(Secret::new(key.clone()));
     if opts.listen.is_none() {

@@ -18,7 +18,8 @@ pub(crate) enum Output {
     /// The token alone, one line.
     #[default]
     Raw,
-    /// `{"token", "expiresOnTimestamp", "source"}` (the Copilot SDK callback shape).
+    /// `{"token", "expiresOnTimestamp", "source"}`: the token with its expiry in milliseconds,
+    /// for callbacks that want both (a plain-string callback takes `raw`).
     Json,
     /// A kubectl `client.authentication.k8s.io/v1` ExecCredential.
     ExecCredential,

@@ -430,6 +430,20 @@ async fn local_key_is_enforced_and_never_forwarded() {
             );
         }
     }
+    // rejections are counted apart from upstream answers
+    let metrics = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tokenrelay_local_key_rejections_total{provider=\"a\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("status=\"401\""), "{metrics}");
     // /healthz stays open for probes; /status needs the key
     assert_eq!(
         client

@@ -16,6 +16,9 @@ pub(crate) struct ProviderMetrics {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub proxy_errors: AtomicU64,
+    /// Requests refused for a missing or wrong local key (not counted as responses: they
+    /// never reached the upstream and say nothing about its credential).
+    pub local_key_rejections: AtomicU64,
     status: Vec<AtomicU64>,
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -28,6 +31,7 @@ impl Default for ProviderMetrics {
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             proxy_errors: AtomicU64::new(0),
+            local_key_rejections: AtomicU64::new(0),
             status: (0..600).map(|_| AtomicU64::new(0)).collect(),
             buckets: Default::default(),
             latency_count: AtomicU64::new(0),
@@ -132,6 +136,20 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             "tokenrelay_proxy_errors_total{{provider=\"{}\"}} {}",
             s.provider,
             s.metrics.proxy_errors.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "tokenrelay_local_key_rejections_total",
+        "counter",
+        "Requests refused because the local key was missing or wrong.",
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "tokenrelay_local_key_rejections_total{{provider=\"{}\"}} {}",
+            s.provider,
+            s.metrics.local_key_rejections.load(Ordering::Relaxed)
         );
     }
     family(

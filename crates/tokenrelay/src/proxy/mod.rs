@@ -425,7 +425,10 @@ async fn handle(
     };
     if let Some(key) = &state.local_key {
         if !forward::has_local_key(req.headers(), key) {
-            provider.metrics.record_status(401);
+            provider
+                .metrics
+                .local_key_rejections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return forward::error_response(
                 provider.style,
                 401,
