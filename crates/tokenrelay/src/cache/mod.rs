@@ -488,11 +488,27 @@ impl Entry {
                 } else {
                     self.last_ok_uncached.store(true, Ordering::Relaxed);
                 }
+                // Once per token lifetime: worth an info line (a source whose tokens have no
+                // expiry is asked on every use, so that stays at debug).
+                if let Some(left) = cached.token.remaining(now) {
+                    tracing::info!(
+                        provider = self.req.provider(),
+                        source = self.source.kind(),
+                        generation,
+                        expires_in_s = left.as_secs(),
+                        refresh_in_s = cached
+                            .refresh_at
+                            .duration_since(now)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                        "token acquired"
+                    );
+                }
                 tracing::debug!(
                     provider = self.req.provider(),
                     source = self.source.kind(),
                     generation,
-                    expires_in_s = cached.token.remaining(now).map(|d| d.as_secs()),
+                    cached = cached.token.expiry().is_some(),
                     "token acquired"
                 );
                 Ok(CachedToken { inner: cached })
