@@ -308,8 +308,8 @@ impl AwsWebIdentityConfig {
             .clone()
             .or_else(|| env.var("AWS_ROLE_SESSION_NAME"))
             .unwrap_or_else(|| "tokenrelay".into());
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         Ok(Arc::new(AwsWebIdentitySource {
             role_arn,
             session_name,

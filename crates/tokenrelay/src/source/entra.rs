@@ -201,8 +201,8 @@ impl EntraFederatedConfig {
                 env,
             )?),
         };
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         tracing::debug!(tenant = %app.tenant_id, client_id = %app.client_id, "entra federation configured");
         Ok(Arc::new(
             app.source(

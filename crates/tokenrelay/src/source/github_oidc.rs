@@ -203,8 +203,8 @@ impl GithubOidcConfig {
     /// # Errors
     /// A config error when the Actions variables are missing.
     pub fn oidc(&self, path: &str, env: &SharedEnv) -> Result<GithubOidc> {
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         let mut g = GithubOidc::from_env(path, env, self.audience.clone(), http)?;
         g.timeout = self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT);
         Ok(g)
@@ -259,8 +259,8 @@ impl GithubOidcEntraConfig {
             &self.authority_host,
             env,
         )?;
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         let audience = self
             .audience
             .clone()

@@ -69,15 +69,15 @@ impl IdpClient {
     /// # Errors
     /// When the TLS stack cannot be initialised.
     pub fn new() -> Result<Self> {
-        Self::with_ca_bundle(None)
+        Self::with_ca_bundle("identity provider client", None)
     }
 
     /// A client that also trusts the certificates in the PEM file `ca_bundle`.
     ///
     /// # Errors
-    /// When the bundle cannot be read or holds no certificate.
-    pub fn with_ca_bundle(ca_bundle: Option<&Path>) -> Result<Self> {
-        let origin = "identity provider client";
+    /// A config error at `origin` (the config key, e.g. `provider[0] (a).source.ca_bundle`)
+    /// when the bundle cannot be read or holds no certificate.
+    pub fn with_ca_bundle(origin: &str, ca_bundle: Option<&Path>) -> Result<Self> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(DEFAULT_IDP_CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())

@@ -219,8 +219,8 @@ impl ManagedIdentityConfig {
             }
             (None, None) => Endpoint::Imds(IMDS_ENDPOINT.to_owned()),
         };
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         Ok(Arc::new(ManagedIdentitySource {
             endpoint,
             selector,
