@@ -10,14 +10,13 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::http::IdpClient;
-use super::inputs::SecretInput;
-use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, ClientAuth, OAuthClient};
+use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, OAuthClient};
 use super::{
     acquire_with_timeout, Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT,
     DEFAULT_TTL,
 };
 use crate::config::SourceConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::jwt;
 use crate::token::Token;
 
@@ -157,21 +156,14 @@ impl TokenExchangeConfig {
     pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
         check_url(path, "token_url", &self.token_url)?;
         let subject = self.subject.build(&format!("{path}.subject"), env)?;
-        let secret = SecretInput::from_keys(
+        let client = OAuthClient::with_optional_secret(
             path,
-            "client_secret",
+            &self.client_id,
             &self.client_secret_file,
             &self.client_secret_env,
+            self.auth_method,
             env,
         )?;
-        let auth = match (secret, self.auth_method) {
-            (None, _) => ClientAuth::None,
-            (Some(s), AuthMethod::Basic) => ClientAuth::SecretBasic(s),
-            (Some(s), AuthMethod::Post) => ClientAuth::SecretPost(s),
-        };
-        if !matches!(auth, ClientAuth::None) && self.client_id.is_none() {
-            return Err(Error::config(path, "a client secret needs client_id"));
-        }
         let mut params = Vec::new();
         for (k, v) in [
             ("requested_token_type", &self.requested_token_type),
@@ -182,14 +174,11 @@ impl TokenExchangeConfig {
                 params.push((k, v.clone()));
             }
         }
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         Ok(Arc::new(TokenExchangeSource {
             token_url: self.token_url.clone(),
-            client: OAuthClient {
-                client_id: self.client_id.clone(),
-                auth,
-            },
+            client,
             subject,
             subject_token_type: self.subject_token_type.clone(),
             params,

@@ -40,6 +40,34 @@ pub struct OAuthClient {
 }
 
 impl OAuthClient {
+    /// A client that authenticates with a secret when one is configured (`basic` or `post`)
+    /// and not at all otherwise: the refresh-token and token-exchange grants.
+    ///
+    /// # Errors
+    /// When both secret keys are set, or a secret is given without `client_id`.
+    pub fn with_optional_secret(
+        path: &str,
+        client_id: &Option<String>,
+        secret_file: &Option<PathBuf>,
+        secret_env: &Option<String>,
+        method: AuthMethod,
+        env: &SharedEnv,
+    ) -> Result<Self> {
+        let secret = SecretInput::from_keys(path, "client_secret", secret_file, secret_env, env)?;
+        let auth = match (secret, method) {
+            (None, _) => ClientAuth::None,
+            (Some(s), AuthMethod::Basic) => ClientAuth::SecretBasic(s),
+            (Some(s), AuthMethod::Post) => ClientAuth::SecretPost(s),
+        };
+        if !matches!(auth, ClientAuth::None) && client_id.is_none() {
+            return Err(Error::config(path, "a client secret needs client_id"));
+        }
+        Ok(OAuthClient {
+            client_id: client_id.clone(),
+            auth,
+        })
+    }
+
     /// Posts a token request: `form` plus `scope` (when there is one) and this client's
     /// authentication, to `token_url` through `http`.
     ///
@@ -370,8 +398,8 @@ impl OAuth2Config {
     /// A config error naming `path` and the key.
     pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
         check_url(path, "token_url", &self.token_url)?;
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         let client = self.client(path, env)?;
         Ok(Arc::new(
             ClientCredentialsSource::new("oauth2", self.token_url.clone(), client, http)
@@ -389,4 +417,31 @@ pub(crate) fn request_scope(req: &TokenRequest, configured: &Option<String>) -> 
     req.scope()
         .map(str::to_owned)
         .or_else(|| configured.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MapEnv;
+
+    #[test]
+    fn an_unreadable_ca_bundle_is_named_once() {
+        let cfg = OAuth2Config {
+            token_url: "https://idp.example/token".into(),
+            client_id: "c".into(),
+            client_secret_env: Some("CS".into()),
+            ca_bundle: Some("/nonexistent/ca.pem".into()),
+            ..OAuth2Config::default()
+        };
+        let env: SharedEnv = Arc::new(MapEnv::from_pairs([("CS", "s")]));
+        let err = cfg
+            .build("provider[0] (a).source", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("provider[0] (a).source.ca_bundle: invalid configuration: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert_eq!(err.matches("invalid configuration").count(), 1, "{err}");
+    }
 }

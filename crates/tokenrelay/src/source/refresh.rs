@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::http::IdpClient;
 use super::inputs::SecretInput;
-use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, ClientAuth, OAuthClient};
+use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, OAuthClient};
 use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
@@ -221,32 +221,17 @@ impl RefreshTokenConfig {
             env,
         )?
         .ok_or_else(|| Error::config(path, "set refresh_token_file or refresh_token_env"))?;
-        let secret = SecretInput::from_keys(
+        let client = OAuthClient::with_optional_secret(
             path,
-            "client_secret",
+            &self.client_id,
             &self.client_secret_file,
             &self.client_secret_env,
+            self.auth_method,
             env,
         )?;
-        let auth = match (secret, self.auth_method) {
-            (None, _) => ClientAuth::None,
-            (Some(s), AuthMethod::Basic) => ClientAuth::SecretBasic(s),
-            (Some(s), AuthMethod::Post) => ClientAuth::SecretPost(s),
-        };
-        if !matches!(auth, ClientAuth::None) && self.client_id.is_none() {
-            return Err(Error::config(path, "a client secret needs client_id"));
-        }
-        let http = IdpClient::with_ca_bundle(self.ca_bundle.as_deref())
-            .map_err(|e| Error::config(format!("{path}.ca_bundle"), e.kind().to_string()))?;
-        let mut src = RefreshTokenSource::new(
-            self.token_url.clone(),
-            OAuthClient {
-                client_id: self.client_id.clone(),
-                auth,
-            },
-            refresh,
-            http,
-        );
+        let http =
+            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
+        let mut src = RefreshTokenSource::new(self.token_url.clone(), client, refresh, http);
         src.scope = joined_scope(path, &self.scope, &self.scopes)?;
         src.timeout = self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT);
         src.default_ttl = self.default_ttl.unwrap_or(DEFAULT_TTL);
