@@ -75,23 +75,39 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One metric family with a `{provider}` sample per provider; `value` gives the sample's value
+/// text, or `None` to leave that provider out.
+fn per_provider(
+    out: &mut String,
+    samples: &[Sample<'_>],
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&Sample<'_>) -> Option<String>,
+) {
+    family(out, name, kind, help);
+    for s in samples {
+        if let Some(v) = value(s) {
+            let _ = writeln!(out, "{name}{{provider=\"{}\"}} {v}", s.provider);
+        }
+    }
+}
+
+fn load(c: &AtomicU64) -> Option<String> {
+    Some(c.load(Ordering::Relaxed).to_string())
+}
+
 /// Renders all providers' metrics.
 pub(crate) fn render(samples: &[Sample<'_>]) -> String {
     let mut out = String::with_capacity(4096);
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_requests_total",
-        "counter",
-        "Requests received per provider.",
+        samples,
+        (
+            "tokenrelay_requests_total",
+            "counter",
+            "Requests received per provider.",
+        ),
+        |s| load(&s.metrics.requests),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_requests_total{{provider=\"{}\"}} {}",
-            s.provider,
-            s.metrics.requests.load(Ordering::Relaxed)
-        );
-    }
     family(
         &mut out,
         "tokenrelay_responses_total",
@@ -110,103 +126,76 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             }
         }
     }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_retries_total",
-        "counter",
-        "Requests retried once after the upstream rejected the credential.",
+        samples,
+        (
+            "tokenrelay_retries_total",
+            "counter",
+            "Requests retried once after the upstream rejected the credential.",
+        ),
+        |s| load(&s.metrics.retries),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_retries_total{{provider=\"{}\"}} {}",
-            s.provider,
-            s.metrics.retries.load(Ordering::Relaxed)
-        );
-    }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_proxy_errors_total",
-        "counter",
-        "Requests answered with the proxy's own error (no token, upstream unreachable).",
+        samples,
+        (
+            "tokenrelay_proxy_errors_total",
+            "counter",
+            "Requests answered with the proxy's own error (no token, upstream unreachable).",
+        ),
+        |s| load(&s.metrics.proxy_errors),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_proxy_errors_total{{provider=\"{}\"}} {}",
-            s.provider,
-            s.metrics.proxy_errors.load(Ordering::Relaxed)
-        );
-    }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_local_key_rejections_total",
-        "counter",
-        "Requests refused because the local key was missing or wrong.",
+        samples,
+        (
+            "tokenrelay_local_key_rejections_total",
+            "counter",
+            "Requests refused because the local key was missing or wrong.",
+        ),
+        |s| load(&s.metrics.local_key_rejections),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_local_key_rejections_total{{provider=\"{}\"}} {}",
-            s.provider,
-            s.metrics.local_key_rejections.load(Ordering::Relaxed)
-        );
-    }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_token_acquisitions_total",
-        "counter",
-        "Successful token acquisitions from the source.",
+        samples,
+        (
+            "tokenrelay_token_acquisitions_total",
+            "counter",
+            "Successful token acquisitions from the source.",
+        ),
+        |s| Some(s.acquisitions.to_string()),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_token_acquisitions_total{{provider=\"{}\"}} {}",
-            s.provider, s.acquisitions
-        );
-    }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_token_refresh_failures_total",
-        "counter",
-        "Failed token acquisitions from the source.",
+        samples,
+        (
+            "tokenrelay_token_refresh_failures_total",
+            "counter",
+            "Failed token acquisitions from the source.",
+        ),
+        |s| Some(s.refresh_failures.to_string()),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_token_refresh_failures_total{{provider=\"{}\"}} {}",
-            s.provider, s.refresh_failures
-        );
-    }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_token_expiry_seconds",
-        "gauge",
-        "Seconds until the held token expires (absent when none is held).",
+        samples,
+        (
+            "tokenrelay_token_expiry_seconds",
+            "gauge",
+            "Seconds until the held token expires (absent when none is held).",
+        ),
+        |s| s.seconds_until_expiry.map(|secs| format!("{secs:.3}")),
     );
-    for s in samples {
-        if let Some(secs) = s.seconds_until_expiry {
-            let _ = writeln!(
-                out,
-                "tokenrelay_token_expiry_seconds{{provider=\"{}\"}} {secs:.3}",
-                s.provider
-            );
-        }
-    }
-    family(
+    per_provider(
         &mut out,
-        "tokenrelay_provider_ready",
-        "gauge",
-        "1 when the provider holds a valid token.",
+        samples,
+        (
+            "tokenrelay_provider_ready",
+            "gauge",
+            "1 when the provider holds a valid token.",
+        ),
+        |s| Some(u8::from(s.ready).to_string()),
     );
-    for s in samples {
-        let _ = writeln!(
-            out,
-            "tokenrelay_provider_ready{{provider=\"{}\"}} {}",
-            s.provider,
-            u8::from(s.ready)
-        );
-    }
     family(
         &mut out,
         "tokenrelay_upstream_latency_seconds",
