@@ -5,11 +5,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
 use super::headers;
+use super::upstream::UpstreamBody;
 use super::{BoxError, Provider, ProxyBody, State};
 use crate::cache::CachedToken;
 use crate::config::ErrorStyle;
@@ -90,6 +91,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A copy of a request head for a second attempt (`Parts` is not `Clone`: extensions are
+/// not copied, and none are set on upstream requests).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
 /// The request body: kept in memory (replayable) or streamed.
 enum Body {
     Kept(Bytes),
@@ -116,48 +128,42 @@ fn header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error>
     Ok(v)
 }
 
-fn upstream_error(p: &Provider, e: &reqwest::Error) -> (u16, &'static str, String) {
+fn upstream_error(
+    p: &Provider,
+    e: &hyper_util::client::legacy::Error,
+) -> (u16, &'static str, String) {
     let mut cause = String::new();
+    let mut timed_out = false;
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {
         cause = s.to_string();
+        timed_out |= s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
         src = s.source();
     }
     if cause.is_empty() {
         cause = e.to_string();
     }
-    let host = p
-        .upstream
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or(&p.upstream);
-    if e.is_timeout() {
+    let host = p.authority.as_str();
+    let name = &p.name;
+    if timed_out {
         (
             504,
             "upstream_timeout",
-            format!(
-                "tokenrelay: provider {}: upstream {host} timed out: {cause}",
-                p.name
-            ),
+            format!("tokenrelay: provider {name}: upstream {host} timed out: {cause}"),
         )
     } else if e.is_connect() {
         (
             502,
             "upstream_unreachable",
-            format!(
-                "tokenrelay: provider {}: upstream {host} unreachable: {cause}",
-                p.name
-            ),
+            format!("tokenrelay: provider {name}: upstream {host} unreachable: {cause}"),
         )
     } else {
         (
             502,
             "upstream_failed",
-            format!(
-                "tokenrelay: provider {}: upstream {host} failed: {cause}",
-                p.name
-            ),
+            format!("tokenrelay: provider {name}: upstream {host} failed: {cause}"),
         )
     }
 }
@@ -184,7 +190,7 @@ fn sigv4_headers(
     p: &Provider,
     (region, service): &(String, String),
     method: &http::Method,
-    url: &str,
+    uri: &http::Uri,
     headers: &HeaderMap,
     body: Option<&Bytes>,
     lease: &CachedToken,
@@ -206,12 +212,9 @@ fn sigv4_headers(
         );
         return Err(token_error(p, &e));
     };
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| plain_error(400, &format!("{origin}: the upstream URL cannot be signed")))?;
     crate::source::sign_request(
         method,
-        &uri,
+        uri,
         headers,
         body,
         creds,
@@ -222,23 +225,26 @@ fn sigv4_headers(
     .map_err(|e| token_error(p, &e))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Sends one attempt upstream with the credential of `lease` injected.
 async fn send(
     p: &Provider,
     worker: usize,
-    method: &http::Method,
-    url: &str,
-    headers: HeaderMap,
-    body: reqwest::Body,
+    mut parts: http::request::Parts,
+    body: UpstreamBody,
     kept: Option<&Bytes>,
     lease: &CachedToken,
-) -> Result<reqwest::Response, Response<ProxyBody>> {
-    let mut headers = headers;
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    headers.insert(header::HOST, p.host_header.clone());
     for (k, v) in &p.extra_headers {
         headers.insert(k.clone(), v.clone());
     }
+    if let Some(auth) = &p.proxy_auth {
+        headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
+    }
     if let Some(sig) = &p.sigv4 {
-        for (k, v) in sigv4_headers(p, sig, method, url, &headers, kept, lease)? {
+        for (k, v) in sigv4_headers(p, sig, &parts.method, &parts.uri, headers, kept, lease)? {
             headers.insert(k, v);
         }
     } else {
@@ -247,13 +253,10 @@ async fn send(
     }
     let client = &p.clients[worker % p.clients.len()];
     client
-        .request(method.clone(), url)
-        .headers(headers)
-        .body(body)
-        .send()
+        .request(Request::from_parts(parts, body))
         .await
         .map_err(|e| {
-            let (status, code, msg) = upstream_error(p, &e.without_url());
+            let (status, code, msg) = upstream_error(p, &e);
             p.metrics
                 .proxy_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -261,6 +264,29 @@ async fn send(
             tracing::warn!(provider = %p.name, status, "{msg}");
             error_response(p.style, status, code, &msg)
         })
+}
+
+/// The upstream URI for a request path (`strip` bytes of routing prefix removed) and query.
+fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri> {
+    let rest = uri.path().get(strip..).unwrap_or("");
+    let query = uri.query();
+    let mut pq = String::with_capacity(
+        p.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+    );
+    pq.push_str(&p.base_path);
+    if !rest.starts_with('/') {
+        pq.push('/');
+    }
+    pq.push_str(rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(p.scheme.clone());
+    parts.authority = Some(p.authority.clone());
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// Forwards `req` to `p`, `strip` bytes of path prefix removed.
@@ -276,18 +302,21 @@ pub(crate) async fn forward(
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path();
-    let rest = path.get(strip..).unwrap_or("");
-    let mut url = String::with_capacity(p.upstream.len() + rest.len() + 64);
-    url.push_str(&p.upstream);
-    if !rest.starts_with('/') {
-        url.push('/');
-    }
-    url.push_str(rest);
-    if let Some(q) = parts.uri.query() {
-        url.push('?');
-        url.push_str(q);
-    }
+    parts.uri = match upstream_uri(p, &parts.uri, strip) {
+        Some(u) => u,
+        None => {
+            p.metrics.record_status(400);
+            return error_response(
+                p.style,
+                400,
+                "bad_path",
+                &format!(
+                    "tokenrelay: provider {}: the request path cannot be forwarded",
+                    p.name
+                ),
+            );
+        }
+    };
     headers::strip_request(&mut parts.headers, &p.inject_header);
 
     // Keep small bodies so a rejected credential can be retried.
@@ -323,29 +352,18 @@ pub(crate) async fn forward(
         Err(e) => return token_error(p, &e),
     };
     let (first_body, replay) = match body {
-        Body::Kept(b) => (reqwest::Body::from(b.clone()), Some(b)),
-        Body::Stream(s) => (reqwest::Body::wrap(s), None),
+        Body::Kept(b) => (Either::Left(Full::new(b.clone())), Some(b)),
+        Body::Stream(s) => (Either::Right(s), None),
     };
-    let retry_headers = replay.as_ref().map(|_| parts.headers.clone());
-    let mut resp = match send(
-        p,
-        worker,
-        &parts.method,
-        &url,
-        parts.headers,
-        first_body,
-        replay.as_ref(),
-        &lease,
-    )
-    .await
-    {
+    let retry_parts = replay.as_ref().map(|_| clone_parts(&parts));
+    let mut resp = match send(p, worker, parts, first_body, replay.as_ref(), &lease).await {
         Ok(r) => r,
         Err(e) => return e,
     };
     if p.retry_on.contains(&resp.status().as_u16()) {
         let rejected = resp.status().as_u16();
         p.entry.invalidate(lease.generation());
-        if let (Some(bytes), Some(h)) = (replay, retry_headers) {
+        if let (Some(bytes), Some(again)) = (replay, retry_parts) {
             p.metrics
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -364,10 +382,8 @@ pub(crate) async fn forward(
             resp = match send(
                 p,
                 worker,
-                &parts.method,
-                &url,
-                h,
-                reqwest::Body::from(bytes.clone()),
+                again,
+                Either::Left(Full::new(bytes.clone())),
                 Some(&bytes),
                 &fresh,
             )
@@ -388,7 +404,7 @@ pub(crate) async fn forward(
     p.metrics.record_status(status);
     p.metrics.record_latency(started.elapsed());
     tracing::debug!(provider = %p.name, status, elapsed_us = started.elapsed().as_micros() as u64, "forwarded");
-    let mut out: Response<reqwest::Body> = resp.into();
+    let mut out = resp;
     headers::strip_hop_by_hop(out.headers_mut());
     out.map(|b| {
         super::coalesce::Coalesce::new(b)

@@ -31,6 +31,7 @@ mod forward;
 mod headers;
 mod metrics;
 mod server;
+mod upstream;
 
 pub use server::BoundProxy;
 
@@ -113,7 +114,17 @@ impl Default for ProxyOptions {
 /// One provider at run time.
 pub(crate) struct Provider {
     pub name: Arc<str>,
+    /// The upstream URL as configured, without a trailing `/` (for messages and signing).
     pub upstream: String,
+    /// The upstream's scheme and authority, parsed once.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// The upstream's base path without a trailing `/` (may be empty).
+    pub base_path: String,
+    /// The `Host` header for the upstream (its authority).
+    pub host_header: HeaderValue,
+    /// `Proxy-Authorization` for a plain-HTTP upstream reached through a forward proxy.
+    pub proxy_auth: Option<HeaderValue>,
     pub prefix: Option<String>,
     pub inject: Inject,
     pub inject_header: HeaderName,
@@ -123,7 +134,7 @@ pub(crate) struct Provider {
     pub min_remaining: Duration,
     pub style: ErrorStyle,
     /// One HTTP client (and connection pool) per worker thread.
-    pub clients: Vec<reqwest::Client>,
+    pub clients: Vec<upstream::UpstreamClient>,
     pub metrics: metrics::ProviderMetrics,
     /// The injected header value for the current token generation.
     pub header_value: ArcSwapOption<(u64, HeaderValue)>,
@@ -164,31 +175,34 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-fn build_client(cfg: &Config, opts: &ProxyOptions) -> Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90));
-    if opts.upstream_h2c {
-        b = b.http2_prior_knowledge();
+/// Splits an upstream URL into scheme, authority and base path (no trailing `/`).
+fn parse_upstream(
+    at: &str,
+    url: &str,
+) -> Result<(http::uri::Scheme, http::uri::Authority, String)> {
+    let bad = |why: &str| Error::config(format!("{at}.upstream"), format!("{url:?} {why}"));
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    let scheme = uri
+        .scheme()
+        .filter(|s| matches!(s.as_str(), "http" | "https"))
+        .cloned()
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "must not carry credentials (user@host); tokenrelay injects them",
+        ));
     }
-    if let Some(path) = &cfg.ca_bundle {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::config("ca_bundle", format!("cannot read {}: {e}", path.display()))
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::config(
-                "ca_bundle",
-                format!("{} is not a PEM bundle: {e}", path.display()),
-            )
-        })?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+    if uri.query().is_some() {
+        return Err(bad("must not have a query; requests keep their own"));
     }
-    b.build()
-        .map_err(|e| Error::config("proxy", format!("cannot build the HTTP client: {e}")))
+    Ok((
+        scheme,
+        authority,
+        uri.path().trim_end_matches('/').to_owned(),
+    ))
 }
 
 impl Proxy {
@@ -231,10 +245,15 @@ impl Proxy {
             ));
         }
         let workers = opts.workers.max(1);
-        let mut clients = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            clients.push(build_client(cfg, &opts)?);
-        }
+        let settings = upstream::ClientSettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: Duration::from_secs(90),
+            h2c: opts.upstream_h2c,
+        };
+        let tls = upstream::tls_config(cfg.ca_bundle.as_deref())?;
+        let clients: Vec<_> = (0..workers)
+            .map(|_| upstream::UpstreamClient::new(&settings, tls.clone(), env.as_ref()))
+            .collect();
         let mut providers = Vec::new();
         for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
             let at = format!("provider[{i}] ({})", p.name);
@@ -246,6 +265,18 @@ impl Proxy {
                 })?
                 .trim_end_matches('/')
                 .to_owned();
+            let (scheme, authority, base_path) = parse_upstream(&at, &upstream)?;
+            let proxy_auth = clients.first().and_then(|c| {
+                let base = http::Uri::from_parts({
+                    let mut parts = http::uri::Parts::default();
+                    parts.scheme = Some(scheme.clone());
+                    parts.authority = Some(authority.clone());
+                    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                    parts
+                })
+                .ok()?;
+                c.proxy_auth(&base)
+            });
             let entry = Cache::new(source).entry(p.request());
             let inject_header = HeaderName::from_bytes(p.inject.header_name().as_bytes())
                 .map_err(|e| Error::config(format!("{at}.inject"), e.to_string()))?;
@@ -277,6 +308,12 @@ impl Proxy {
             providers.push(Arc::new(Provider {
                 name: p.name.as_str().into(),
                 upstream,
+                host_header: HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| Error::config(format!("{at}.upstream"), e.to_string()))?,
+                scheme,
+                authority,
+                base_path,
+                proxy_auth,
                 prefix: p.path_prefix.clone(),
                 inject: p.inject.clone(),
                 inject_header,
