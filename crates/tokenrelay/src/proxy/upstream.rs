@@ -12,9 +12,11 @@
 //! - `http://` through an HTTP proxy: a connection to the proxy, requests in absolute form, with
 //!   `Proxy-Authorization` added per request (see [`UpstreamClient::proxy_auth`]).
 //!
-//! SOCKS proxies are refused with a clear error. As curl does, the proxy variables are ignored
-//! when `REQUEST_METHOD` is set (a CGI environment, where `HTTP_PROXY` can come from a request
-//! header).
+//! SOCKS and `https://` proxies are refused with a clear error. Each upper-case variable is read
+//! before its lower-case form, and all are ignored when `REQUEST_METHOD` is set (a CGI
+//! environment, where `HTTP_PROXY` can come from a request header): reqwest's rules, so the
+//! identity-provider clients (reqwest, process environment) egress the same way. curl differs:
+//! it prefers the lower-case names and never reads upper-case `HTTP_PROXY`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,7 +114,7 @@ impl UpstreamClient {
     }
 }
 
-/// The proxy matcher from `env`, with curl's rules (see the module docs).
+/// The proxy matcher from `env`, with reqwest's rules (see the module docs).
 fn matcher_from(env: &dyn Env) -> Matcher {
     let first = |names: [&str; 2]| names.iter().find_map(|n| env.var(n)).unwrap_or_default();
     if env.var("REQUEST_METHOD").is_some() {
@@ -204,26 +206,48 @@ impl tower_service::Service<Uri> for ProxyConnector {
                 return Ok(Conn { io, proxied: false });
             };
             let proxy_uri = proxy.uri().clone();
-            if !matches!(proxy_uri.scheme_str(), Some("http" | "https")) {
+            // The connection to the proxy is plain TCP: an https:// proxy (TLS to the proxy)
+            // would get a cleartext CONNECT, so it is refused like SOCKS.
+            if proxy_uri.scheme_str() != Some("http") {
                 return Err(format!(
-                    "the proxy {} is not an HTTP proxy; only http:// proxies are supported in HTTPS_PROXY/HTTP_PROXY/ALL_PROXY",
+                    "{}:// proxies are not supported; only http:// proxies are supported in HTTPS_PROXY/HTTP_PROXY/ALL_PROXY",
                     proxy_uri.scheme_str().unwrap_or("?")
                 )
                 .into());
             }
             if dst.scheme() == Some(&http::uri::Scheme::HTTPS) {
-                let mut tunnel = Tunnel::new(proxy_uri, http);
+                let mut tunnel = Tunnel::new(proxy_uri.clone(), http);
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                let io = tower_service::Service::call(&mut tunnel, dst).await?;
+                let io = tower_service::Service::call(&mut tunnel, dst)
+                    .await
+                    .map_err(|e| via_proxy(&proxy_uri, &e))?;
                 Ok(Conn { io, proxied: false })
             } else {
-                let io = tower_service::Service::call(&mut http, proxy_uri).await?;
+                let io = tower_service::Service::call(&mut http, proxy_uri.clone())
+                    .await
+                    .map_err(|e| via_proxy(&proxy_uri, &e))?;
                 Ok(Conn { io, proxied: true })
             }
         })
     }
+}
+
+/// A failure to reach the upstream through the proxy at `proxy`, as an I/O error that names the
+/// proxy and carries the deepest cause (and its kind, so a timeout stays a timeout): the proxy's
+/// error message quotes only the deepest cause, and "upstream … unreachable: connection refused"
+/// alone would blame the upstream for a proxy that is down.
+fn via_proxy(proxy: &Uri, e: &(dyn std::error::Error + 'static)) -> BoxError {
+    let mut deepest = e;
+    while let Some(s) = deepest.source() {
+        deepest = s;
+    }
+    let kind = deepest
+        .downcast_ref::<std::io::Error>()
+        .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+    let at = proxy.authority().map_or("?", |a| a.as_str());
+    Box::new(std::io::Error::new(kind, format!("proxy {at}: {deepest}")))
 }
 
 /// A TCP connection to the upstream or to a proxy.
