@@ -2,8 +2,9 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross a proxy.
-const HOP_BY_HOP: &[HeaderName] = &[
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`)
+/// that never cross a proxy. Names are constants, so removing them parses nothing.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -11,28 +12,34 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// Credentials a client may have sent; removed so only the injected one reaches upstream.
-const INBOUND_CREDENTIALS: &[&str] = &["authorization", "api-key", "x-api-key"];
+static INBOUND_CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-api-key"),
+];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
 }
 
 /// Prepares a client request's headers for upstream: hop-by-hop and `Host` removed, every
@@ -40,8 +47,8 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 pub(crate) fn strip_request(h: &mut HeaderMap, injected: &HeaderName) {
     strip_hop_by_hop(h);
     h.remove(header::HOST);
-    for n in INBOUND_CREDENTIALS {
-        h.remove(*n);
+    for n in &INBOUND_CREDENTIALS {
+        h.remove(n);
     }
     h.remove(injected);
 }
