@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::headers;
-use super::upstream::UpstreamBody;
+use super::upstream::{PooledBody, SendError, UpstreamBody};
 use super::{BoxError, Provider, ProxyBody, State};
 use crate::cache::CachedToken;
 use crate::config::ErrorStyle;
@@ -128,10 +128,7 @@ fn header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error>
     Ok(v)
 }
 
-fn upstream_error(
-    p: &Provider,
-    e: &hyper_util::client::legacy::Error,
-) -> (u16, &'static str, String) {
+fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
     let mut cause = String::new();
     let mut timed_out = false;
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
@@ -153,7 +150,7 @@ fn upstream_error(
             "upstream_timeout",
             format!("tokenrelay: provider {name}: upstream {host} timed out: {cause}"),
         )
-    } else if e.is_connect() {
+    } else if matches!(e, SendError::Connect(_)) {
         (
             502,
             "upstream_unreachable",
@@ -233,7 +230,7 @@ async fn send(
     body: UpstreamBody,
     kept: Option<&Bytes>,
     lease: &CachedToken,
-) -> Result<Response<Incoming>, Response<ProxyBody>> {
+) -> Result<Response<PooledBody>, Response<ProxyBody>> {
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     headers.insert(header::HOST, p.host_header.clone());
@@ -253,7 +250,7 @@ async fn send(
     }
     let client = &p.clients[worker % p.clients.len()];
     client
-        .request(Request::from_parts(parts, body))
+        .send(Request::from_parts(parts, body))
         .await
         .map_err(|e| {
             let (status, code, msg) = upstream_error(p, &e);

@@ -133,7 +133,7 @@ pub(crate) struct Provider {
     pub retry_on: Vec<u16>,
     pub min_remaining: Duration,
     pub style: ErrorStyle,
-    /// One HTTP client (and connection pool) per worker thread.
+    /// One HTTP client (and connection pool) per worker thread, for this provider's upstream.
     pub clients: Vec<upstream::UpstreamClient>,
     pub metrics: metrics::ProviderMetrics,
     /// The injected header value for the current token generation.
@@ -251,9 +251,6 @@ impl Proxy {
             h2c: opts.upstream_h2c,
         };
         let tls = upstream::tls_config(cfg.ca_bundle.as_deref())?;
-        let clients: Vec<_> = (0..workers)
-            .map(|_| upstream::UpstreamClient::new(&settings, tls.clone(), env.as_ref()))
-            .collect();
         let mut providers = Vec::new();
         for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
             let at = format!("provider[{i}] ({})", p.name);
@@ -266,6 +263,9 @@ impl Proxy {
                 .trim_end_matches('/')
                 .to_owned();
             let (scheme, authority, base_path) = parse_upstream(&at, &upstream)?;
+            let clients: Vec<_> = (0..workers)
+                .map(|_| upstream::UpstreamClient::new(&settings, tls.clone(), env.as_ref()))
+                .collect();
             let proxy_auth = clients.first().and_then(|c| {
                 let base = http::Uri::from_parts({
                     let mut parts = http::uri::Parts::default();
@@ -322,7 +322,7 @@ impl Proxy {
                 retry_on: p.retry_on.clone(),
                 min_remaining: p.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING),
                 style: p.error_style(),
-                clients: clients.clone(),
+                clients,
                 metrics: metrics::ProviderMetrics::default(),
                 header_value: ArcSwapOption::empty(),
                 sigv4,

@@ -20,18 +20,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Uri};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -52,11 +53,67 @@ pub(crate) struct ClientSettings {
     pub h2c: bool,
 }
 
-/// One pooled client (the proxy has one per worker thread).
+/// Idle HTTP/1 connections kept per client at most.
+const MAX_IDLE: usize = 256;
+
+/// One upstream's client with its connection pool: the proxy has one per provider and worker
+/// thread, so the pool is never shared across threads and holds connections to one origin.
+///
+/// HTTP/1.1 connections are used by one request at a time; a connection goes back to the pool
+/// when its response body has been read to the end (a response dropped early closes its
+/// connection, as hyper does). An HTTP/2 connection (negotiated by ALPN, or h2c) is shared by
+/// all requests. A request that could not be written on a reused connection (closed by the
+/// upstream meanwhile) is sent again on another one.
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<ProxyConnector>, UpstreamBody>,
+    inner: Arc<Pool>,
+}
+
+struct Pool {
+    connector: hyper_rustls::HttpsConnector<ProxyConnector>,
     matcher: Arc<Matcher>,
+    h2c: bool,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
+struct Idle {
+    tx: http1::SendRequest<UpstreamBody>,
+    proxied: bool,
+    since: Instant,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection could be made (DNS, TCP, proxy, TLS, or the connect timeout).
+    Connect(BoxError),
+    /// The connection failed while the request was sent or the response head read.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
+            SendError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e.as_ref()),
+            SendError::Http(e) => Some(e),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl UpstreamClient {
@@ -81,25 +138,108 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if settings.h2c {
-            b.http2_only(true);
-        }
         UpstreamClient {
-            client: b.build(https),
-            matcher,
+            inner: Arc::new(Pool {
+                connector: https,
+                matcher,
+                h2c: settings.h2c,
+                connect_timeout: settings.connect_timeout,
+                idle_timeout: settings.pool_idle_timeout,
+                idle: Mutex::new(Vec::new()),
+                h2: Mutex::new(None),
+            }),
         }
     }
 
-    /// Sends `req` (its URI absolute).
-    pub(crate) fn request(
+    /// Sends `req`, whose URI is absolute (`scheme://authority/path?query`) and which carries
+    /// its `Host` header.
+    pub(crate) async fn send(
         &self,
-        req: http::Request<UpstreamBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let pool = &self.inner;
+        let absolute = req.uri().clone();
+        // A shared HTTP/2 connection.
+        let h2 = lock(&pool.h2)
+            .as_ref()
+            .filter(|tx| !tx.is_closed())
+            .cloned();
+        if let Some(mut tx) = h2 {
+            if tx.ready().await.is_ok() {
+                match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp.map(PooledBody::done)),
+                    Err(mut e) => match e.take_message() {
+                        Some(r) => req = r,
+                        None => return Err(SendError::Http(e.into_error())),
+                    },
+                }
+            }
+        }
+        // An idle HTTP/1.1 connection.
+        loop {
+            let Some(mut idle) = lock(&pool.idle).pop() else {
+                break;
+            };
+            if idle.tx.is_closed() || idle.since.elapsed() > pool.idle_timeout {
+                continue;
+            }
+            if idle.tx.ready().await.is_err() {
+                continue;
+            }
+            *req.uri_mut() = request_target(&absolute, idle.proxied);
+            match idle.tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| PooledBody::h1(b, self, idle.tx, idle.proxied))),
+                Err(mut e) => match e.take_message() {
+                    Some(mut r) => {
+                        *r.uri_mut() = absolute.clone();
+                        req = r;
+                    }
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        // A new connection.
+        let io = tokio::time::timeout(
+            pool.connect_timeout,
+            tower_service::Service::call(&mut pool.connector.clone(), absolute.clone()),
+        )
+        .await
+        .map_err(|_| {
+            SendError::Connect(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", pool.connect_timeout),
+            )))
+        })?
+        .map_err(SendError::Connect)?;
+        let connected = io.connected();
+        if connected.is_negotiated_h2() || pool.h2c {
+            let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(Box::new(e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            *lock(&pool.h2) = Some(tx.clone());
+            let resp = tx.send_request(req).await.map_err(SendError::Http)?;
+            return Ok(resp.map(PooledBody::done));
+        }
+        let proxied = connected.is_proxied();
+        let (mut tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        *req.uri_mut() = request_target(&absolute, proxied);
+        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
+        Ok(resp.map(|b| PooledBody::h1(b, self, tx, proxied)))
     }
 
     /// The `Proxy-Authorization` value to add to requests for `upstream` when it is plain HTTP
@@ -108,9 +248,100 @@ impl UpstreamClient {
         if upstream.scheme() != Some(&http::uri::Scheme::HTTP) {
             return None;
         }
-        let mut v = self.matcher.intercept(upstream)?.basic_auth()?.clone();
+        let mut v = self
+            .inner
+            .matcher
+            .intercept(upstream)?
+            .basic_auth()?
+            .clone();
         v.set_sensitive(true);
         Some(v)
+    }
+
+    fn put_back(&self, tx: http1::SendRequest<UpstreamBody>, proxied: bool) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.inner.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                tx,
+                proxied,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// The HTTP/1.1 request target: absolute-form to a forward proxy, origin-form otherwise.
+fn request_target(absolute: &Uri, proxied: bool) -> Uri {
+    if proxied {
+        return absolute.clone();
+    }
+    absolute
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
+}
+
+/// A response body that returns its HTTP/1.1 connection to the pool once read to the end.
+pub(crate) struct PooledBody {
+    inner: Incoming,
+    back: Option<(UpstreamClient, http1::SendRequest<UpstreamBody>, bool)>,
+}
+
+impl PooledBody {
+    fn done(inner: Incoming) -> Self {
+        PooledBody { inner, back: None }
+    }
+
+    fn h1(
+        inner: Incoming,
+        client: &UpstreamClient,
+        tx: http1::SendRequest<UpstreamBody>,
+        proxied: bool,
+    ) -> Self {
+        let mut body = PooledBody {
+            inner,
+            back: Some((client.clone(), tx, proxied)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((client, tx, proxied)) = self.back.take() {
+            client.put_back(tx, proxied);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
