@@ -8,6 +8,10 @@
 //! ready task — the upstream connection among them — runs first) and forwards what it has only
 //! if that turn brought nothing new. It never waits for data that has not arrived: a lone
 //! event goes out after one scheduler turn, so streams stay live.
+//!
+//! An HTTP/1.1 upstream body drives its own connection (see `upstream::UpstreamClient`), so
+//! there `Pending` already means "nothing more has arrived" and the gathered chunks go out at
+//! once, without the extra turn.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,15 +51,22 @@ pub(crate) struct Coalesce<B: Body> {
     held: Option<Result<Frame<Bytes>, B::Error>>,
     /// The scheduler turn we are waiting for, if any.
     turn: Option<Arc<TurnDone>>,
+    /// Whether data may still be on its way from another task (see [`Coalesce::new`]).
+    wait_a_turn: bool,
 }
 
 impl<B: Body> Coalesce<B> {
-    pub(crate) fn new(inner: B) -> Self {
+    /// Wraps `inner`. `wait_a_turn`: the body is fed by another task (a spawned connection),
+    /// so `Pending` may only mean that task has not run yet, and one scheduler turn is given
+    /// before forwarding. Without it, `Pending` means nothing more has arrived, and what was
+    /// gathered goes out at once (a body that drives its own connection).
+    pub(crate) fn new(inner: B, wait_a_turn: bool) -> Self {
         Coalesce {
             inner,
             buf: BytesMut::new(),
             held: None,
             turn: None,
+            wait_a_turn,
         }
     }
 }
@@ -133,6 +144,9 @@ where
                     if this.buf.is_empty() {
                         return Poll::Pending;
                     }
+                    if !this.wait_a_turn {
+                        return flush(this);
+                    }
                     return match &this.turn {
                         // Nothing new yet: give the upstream connection one scheduler turn.
                         None => {
@@ -176,7 +190,7 @@ mod tests {
         let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..20)
             .map(|i| Ok(Frame::data(Bytes::from(format!("data: {i}\n\n")))))
             .collect();
-        let body = Coalesce::new(StreamBody::new(futures_util::stream::iter(chunks)));
+        let body = Coalesce::new(StreamBody::new(futures_util::stream::iter(chunks)), true);
         let mut frames = 0;
         let mut all = Vec::new();
         let mut body = std::pin::pin!(body);
@@ -199,7 +213,7 @@ mod tests {
         let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|x| (x, rx))
         }));
-        let mut body = std::pin::pin!(Coalesce::new(StreamBody::new(stream)));
+        let mut body = std::pin::pin!(Coalesce::new(StreamBody::new(stream), true));
         tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
             .await
             .unwrap();
@@ -219,7 +233,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"a"))),
             Ok(Frame::trailers(http::HeaderMap::new())),
         ];
-        let body = Coalesce::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let body = Coalesce::new(StreamBody::new(futures_util::stream::iter(frames)), true);
         let collected = body.collect().await.unwrap();
         assert!(collected.trailers().is_some());
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"a"));

@@ -404,7 +404,8 @@ pub(crate) async fn forward(
     let mut out = resp;
     headers::strip_hop_by_hop(out.headers_mut());
     out.map(|b| {
-        super::coalesce::Coalesce::new(b)
+        let spawned = !b.is_driven_inline();
+        super::coalesce::Coalesce::new(b, spawned)
             .map_err(|e| -> BoxError { Box::new(e) })
             .boxed_unsync()
     })

@@ -56,14 +56,20 @@ pub(crate) struct ClientSettings {
 /// Idle HTTP/1 connections kept per client at most.
 const MAX_IDLE: usize = 256;
 
+/// An HTTP/1.1 connection: the sender half and the connection future that does its I/O.
+type H1Conn = http1::Connection<hyper_rustls::MaybeHttpsStream<Conn>, UpstreamBody>;
+
 /// One upstream's client with its connection pool: the proxy has one per provider and worker
 /// thread, so the pool is never shared across threads and holds connections to one origin.
 ///
-/// HTTP/1.1 connections are used by one request at a time; a connection goes back to the pool
-/// when its response body has been read to the end (a response dropped early closes its
-/// connection, as hyper does). An HTTP/2 connection (negotiated by ALPN, or h2c) is shared by
-/// all requests. A request that could not be written on a reused connection (closed by the
-/// upstream meanwhile) is sent again on another one.
+/// An HTTP/1.1 connection serves one request at a time and is driven by the request that uses
+/// it, inline: the request future writes the request and reads the response head, then the
+/// response body reads the rest as it is polled. No task is spawned and no wake-up crosses
+/// tasks, so a burst of SSE events that arrived in one packet is decoded and forwarded in one
+/// go. The connection goes back to the pool when its body has been read to the end; a response
+/// dropped early closes it. A request that could not be written on a reused connection
+/// (closed by the upstream meanwhile) is sent on another one. An HTTP/2 connection
+/// (negotiated by ALPN, or h2c) runs as its own task and is shared by all requests.
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
     inner: Arc<Pool>,
@@ -79,9 +85,19 @@ struct Pool {
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
-struct Idle {
+/// A live HTTP/1.1 connection.
+struct H1 {
     tx: http1::SendRequest<UpstreamBody>,
+    /// `None` once the connection has ended (it is then dropped, which fails or hands back
+    /// whatever request it still held).
+    conn: Option<H1Conn>,
+    /// Connected to a forward proxy: requests go in absolute form.
     proxied: bool,
+}
+
+struct Idle {
+    /// Boxed, as everywhere: a connection is large and moves with every request.
+    h1: Box<H1>,
     since: Instant,
 }
 
@@ -114,6 +130,87 @@ impl std::error::Error for SendError {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What one attempt on an HTTP/1.1 connection gave.
+enum Attempt {
+    Done(Response<Incoming>),
+    /// The request was not written (the connection was closed or not ready): try another.
+    Again(Request<UpstreamBody>),
+    Failed(hyper::Error),
+}
+
+/// Drives the connection `slot` inline until `progress` is ready, or until the connection
+/// waits on the network (then `Pending`, with the task registered for it); an ended
+/// connection is dropped from `slot`.
+///
+/// Everything the connection can do with what it has already read is done under a no-op
+/// waker: the connection and `progress` wake each other only through hyper's channels, and
+/// both are polled right here, so those wake-ups would only re-schedule this very task for
+/// nothing. The last poll of the connection before `Pending` uses the task's own waker, so the
+/// network (and a streamed request body) wakes the task.
+fn drive<T>(
+    slot: &mut Option<H1Conn>,
+    cx: &mut Context<'_>,
+    mut progress: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    let mut quiet = Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let Poll::Ready(v) = progress(&mut quiet) {
+            return Poll::Ready(v);
+        }
+        let Some(conn) = slot.as_mut() else {
+            // The connection has ended and been dropped: `progress` has its answer (an
+            // end or an error) now; polled with the real waker, to be safe.
+            return progress(cx);
+        };
+        if Pin::new(&mut *conn).poll(&mut quiet).is_ready() {
+            *slot = None;
+            continue;
+        }
+        if let Poll::Ready(v) = progress(&mut quiet) {
+            return Poll::Ready(v);
+        }
+        if Pin::new(conn).poll(cx).is_ready() {
+            *slot = None;
+            continue;
+        }
+        return progress(&mut quiet);
+    }
+}
+
+impl H1 {
+    /// Lets an idle connection catch up (a close by the upstream, the end of the previous
+    /// exchange) and tells whether it can take a request now. Polled under a no-op waker: the
+    /// request that takes it drives it with its own.
+    fn usable(&mut self) -> bool {
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        if self.tx.is_closed() {
+            return false;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        if Pin::new(conn).poll(cx).is_ready() {
+            self.conn = None;
+            return false;
+        }
+        self.tx.is_ready() && !self.tx.is_closed()
+    }
+
+    /// Sends `req` and drives the connection until the response head is in.
+    async fn attempt(&mut self, req: Request<UpstreamBody>) -> Attempt {
+        let mut sent = std::pin::pin!(self.tx.try_send_request(req));
+        let conn = &mut self.conn;
+        let r = std::future::poll_fn(|cx| drive(conn, cx, |cx| sent.as_mut().poll(cx))).await;
+        match r {
+            Ok(resp) => Attempt::Done(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Attempt::Again(req),
+                None => Attempt::Failed(e.into_error()),
+            },
+        }
+    }
 }
 
 impl UpstreamClient {
@@ -151,6 +248,19 @@ impl UpstreamClient {
         }
     }
 
+    /// Takes an idle HTTP/1.1 connection that can send now, dropping stale ones.
+    fn checkout(&self) -> Option<Box<H1>> {
+        loop {
+            let mut idle = lock(&self.inner.idle).pop()?;
+            if idle.since.elapsed() > self.inner.idle_timeout {
+                continue;
+            }
+            if idle.h1.usable() {
+                return Some(idle.h1);
+            }
+        }
+    }
+
     /// Sends `req`, whose URI is absolute (`scheme://authority/path?query`) and which carries
     /// its `Host` header.
     pub(crate) async fn send(
@@ -167,7 +277,7 @@ impl UpstreamClient {
         if let Some(mut tx) = h2 {
             if tx.ready().await.is_ok() {
                 match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp.map(PooledBody::done)),
+                    Ok(resp) => return Ok(resp.map(PooledBody::spawned)),
                     Err(mut e) => match e.take_message() {
                         Some(r) => req = r,
                         None => return Err(SendError::Http(e.into_error())),
@@ -176,26 +286,15 @@ impl UpstreamClient {
             }
         }
         // An idle HTTP/1.1 connection.
-        loop {
-            let Some(mut idle) = lock(&pool.idle).pop() else {
-                break;
-            };
-            if idle.tx.is_closed() || idle.since.elapsed() > pool.idle_timeout {
-                continue;
-            }
-            if idle.tx.ready().await.is_err() {
-                continue;
-            }
-            *req.uri_mut() = request_target(&absolute, idle.proxied);
-            match idle.tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|b| PooledBody::h1(b, self, idle.tx, idle.proxied))),
-                Err(mut e) => match e.take_message() {
-                    Some(mut r) => {
-                        *r.uri_mut() = absolute.clone();
-                        req = r;
-                    }
-                    None => return Err(SendError::Http(e.into_error())),
-                },
+        while let Some(mut h1) = self.checkout() {
+            *req.uri_mut() = request_target(&absolute, h1.proxied);
+            match h1.attempt(req).await {
+                Attempt::Done(resp) => return Ok(self.response(resp, h1)),
+                Attempt::Again(mut r) => {
+                    *r.uri_mut() = absolute.clone();
+                    req = r;
+                }
+                Attempt::Failed(e) => return Err(SendError::Http(e)),
             }
         }
         // A new connection.
@@ -225,21 +324,41 @@ impl UpstreamClient {
             });
             *lock(&pool.h2) = Some(tx.clone());
             let resp = tx.send_request(req).await.map_err(SendError::Http)?;
-            return Ok(resp.map(PooledBody::done));
+            return Ok(resp.map(PooledBody::spawned));
         }
         let proxied = connected.is_proxied();
-        let (mut tx, conn) = http1::Builder::new()
+        let (tx, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
+        let mut h1 = Box::new(H1 {
+            tx,
+            conn: Some(conn),
+            proxied,
         });
         *req.uri_mut() = request_target(&absolute, proxied);
-        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
-        Ok(resp.map(|b| PooledBody::h1(b, self, tx, proxied)))
+        match h1.attempt(req).await {
+            Attempt::Done(resp) => Ok(self.response(resp, h1)),
+            Attempt::Again(_) => Err(SendError::Connect(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the upstream closed the new connection before the request was sent",
+            )))),
+            Attempt::Failed(e) => Err(SendError::Http(e)),
+        }
+    }
+
+    fn response(&self, resp: Response<Incoming>, h1: Box<H1>) -> Response<PooledBody> {
+        let client = self.clone();
+        resp.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                h1: Some((client, h1)),
+            };
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
+        })
     }
 
     /// The `Proxy-Authorization` value to add to requests for `upstream` when it is plain HTTP
@@ -258,15 +377,14 @@ impl UpstreamClient {
         Some(v)
     }
 
-    fn put_back(&self, tx: http1::SendRequest<UpstreamBody>, proxied: bool) {
-        if tx.is_closed() {
+    fn put_back(&self, h1: Box<H1>) {
+        if h1.tx.is_closed() || h1.conn.is_none() {
             return;
         }
         let mut idle = lock(&self.inner.idle);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                tx,
-                proxied,
+                h1,
                 since: Instant::now(),
             });
         }
@@ -284,36 +402,27 @@ fn request_target(absolute: &Uri, proxied: bool) -> Uri {
         .map_or_else(|| Uri::from_static("/"), Uri::from)
 }
 
-/// A response body that returns its HTTP/1.1 connection to the pool once read to the end.
+/// A response body. On HTTP/1.1 it drives its connection as it is polled (see
+/// [`UpstreamClient`]) and returns it to the pool once read to the end.
 pub(crate) struct PooledBody {
     inner: Incoming,
-    back: Option<(UpstreamClient, http1::SendRequest<UpstreamBody>, bool)>,
+    h1: Option<(UpstreamClient, Box<H1>)>,
 }
 
 impl PooledBody {
-    fn done(inner: Incoming) -> Self {
-        PooledBody { inner, back: None }
+    fn spawned(inner: Incoming) -> Self {
+        PooledBody { inner, h1: None }
     }
 
-    fn h1(
-        inner: Incoming,
-        client: &UpstreamClient,
-        tx: http1::SendRequest<UpstreamBody>,
-        proxied: bool,
-    ) -> Self {
-        let mut body = PooledBody {
-            inner,
-            back: Some((client.clone(), tx, proxied)),
-        };
-        if body.inner.is_end_stream() {
-            body.release();
-        }
-        body
+    /// Whether the body's connection is driven by its own polls: then `Pending` means the
+    /// upstream has sent nothing more yet, and there is no other task to wait for.
+    pub(crate) fn is_driven_inline(&self) -> bool {
+        self.h1.is_some()
     }
 
     fn release(&mut self) {
-        if let Some((client, tx, proxied)) = self.back.take() {
-            client.put_back(tx, proxied);
+        if let Some((client, h1)) = self.h1.take() {
+            client.put_back(h1);
         }
     }
 }
@@ -323,15 +432,20 @@ impl http_body::Body for PooledBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = self.get_mut();
+        let inner = &mut this.inner;
+        let polled = match this.h1.as_mut() {
+            Some((_, h1)) => drive(&mut h1.conn, cx, |cx| Pin::new(&mut *inner).poll_frame(cx)),
+            None => Pin::new(inner).poll_frame(cx),
+        };
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.h1 = None,
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         polled
     }
