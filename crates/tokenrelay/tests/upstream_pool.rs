@@ -621,3 +621,48 @@ async fn h2c_requests_share_one_connection() {
     }
     assert_eq!(up.accepted(), 1, "one shared HTTP/2 connection");
 }
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_closes_the_connection_and_nothing_stalls() {
+    let up = Counting::start(Close::Never, |req| async move {
+        if req.uri().path() == "/upload" {
+            // Answer at once, without reading the (slow, streamed) body.
+            return full(413, "too large");
+        }
+        echo(req).await
+    })
+    .await;
+    let addr = proxy_for(&up.url(), |o| o.replay_limit = 1024).await;
+    let c = client();
+    let slow = futures_util::stream::unfold(0usize, |i| async move {
+        if i == 200 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 4096])),
+            i + 1,
+        ))
+    });
+    let status = tokio::time::timeout(TIMEOUT, async {
+        c.post(format!("http://{addr}/upload"))
+            .body(reqwest::Body::wrap_stream(slow))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    })
+    .await
+    .expect("the early answer was not forwarded");
+    // The client may see the 413, or a reset of the upload it was still sending.
+    if let Ok(s) = status {
+        assert_eq!(s, 413);
+    }
+    // The half-sent connection is not pooled: the next requests go out at once and succeed.
+    for i in 0..3 {
+        assert_eq!(
+            post(&c, addr, "/next", format!("n{i}")).await,
+            (200, format!("/next:n{i}"))
+        );
+    }
+    assert!(up.accepted() >= 2, "the half-sent connection was reused");
+}

@@ -377,16 +377,24 @@ impl UpstreamClient {
         Some(v)
     }
 
-    fn put_back(&self, h1: Box<H1>) {
-        if h1.tx.is_closed() || h1.conn.is_none() {
+    /// Returns a connection whose response has been read to the end. It is kept only if it
+    /// can take the next request now: a connection still sending a request body (the upstream
+    /// answered before reading it all) is closed, as nginx does, rather than left undriven.
+    fn put_back(&self, mut h1: Box<H1>) {
+        if !h1.usable() {
             return;
         }
+        let now = Instant::now();
         let mut idle = lock(&self.inner.idle);
+        // Oldest first: connections idle too long are closed here rather than kept until a
+        // burst reaches them.
+        let expired = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > self.inner.idle_timeout)
+            .count();
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                h1,
-                since: Instant::now(),
-            });
+            idle.push(Idle { h1, since: now });
         }
     }
 }
