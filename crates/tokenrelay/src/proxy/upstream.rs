@@ -1,5 +1,6 @@
-//! The proxy's upstream HTTP client: hyper-util's pooled client over a connector that honours
-//! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and speaks TLS with rustls.
+//! The proxy's upstream HTTP client: a small connection pool of our own (one per provider and
+//! worker thread, see [`UpstreamClient`]) over hyper's connection API, with a connector that
+//! honours `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and speaks TLS with rustls.
 //!
 //! The proxy sends every request to a URI it builds from parts it parsed once at start-up,
 //! so the hot path parses no URL (a general-purpose client such as reqwest re-parses and
