@@ -8,7 +8,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +19,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use support::*;
 use tokenrelay::config::Config;
@@ -29,8 +27,6 @@ use tokenrelay::proxy::{Proxy, ProxyOptions};
 use tokenrelay::source::{MapEnv, SharedEnv};
 use tokenrelay::Source;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Bound on every request a test sends.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,63 +165,23 @@ async fn relay_one(
     }
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tls")
-        .join(name)
-}
-
 /// The bearer of each request an upstream saw.
 type Bearers = Arc<Mutex<Vec<Option<String>>>>;
 
 /// An HTTPS upstream (the test CA's `localhost` certificate) that records each bearer and, like
 /// a real provider, answers 401 unless `issuer` issued it.
-async fn tls_upstream(issuer: Arc<Issuer>) -> (SocketAddr, Bearers) {
-    let certs = CertificateDer::pem_file_iter(fixture("server.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(fixture("server-key.pem")).unwrap();
-    let mut cfg = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn checking_tls_upstream(issuer: Arc<Issuer>) -> (SocketAddr, Bearers) {
     let seen: Bearers = Arc::default();
-    let seen2 = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            let seen = seen2.clone();
-            let issuer = issuer.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let seen = seen.clone();
-                    let issuer = issuer.clone();
-                    async move {
-                        let token = bearer(req.headers());
-                        seen.lock().unwrap().push(token.clone());
-                        Ok::<_, Infallible>(match token {
-                            Some(t) if issuer.accepts(&t) => full(200, r#"{"tls":true}"#),
-                            _ => full(401, r#"{"error":{"message":"bad token"}}"#),
-                        })
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+    let record = seen.clone();
+    let addr = tls_upstream(move |req| {
+        let token = bearer(req.headers());
+        record.lock().unwrap().push(token.clone());
+        match token {
+            Some(t) if issuer.accepts(&t) => full(200, r#"{"tls":true}"#),
+            _ => full(401, r#"{"error":{"message":"bad token"}}"#),
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
@@ -286,7 +242,7 @@ fn closed_port() -> u16 {
 fn tls_toml(up: SocketAddr) -> String {
     format!(
         "ca_bundle = \"{}\"\n{}",
-        fixture("ca.pem").display(),
+        tls_fixture("ca.pem").display(),
         provider_toml("secure", &format!("https://localhost:{}", up.port()), "")
     )
 }
@@ -303,7 +259,7 @@ async fn message_of_502(r: reqwest::Response) -> (String, Value) {
 #[tokio::test]
 async fn https_upstream_goes_through_one_connect_tunnel_with_proxy_credentials() {
     let issuer = Issuer::new("tls", Duration::from_secs(3600));
-    let (up, bearers) = tls_upstream(issuer.clone()).await;
+    let (up, bearers) = checking_tls_upstream(issuer.clone()).await;
     let fp = FakeProxy::start().await;
     // `%73` is `s`: credentials in the URL are percent-decoded before they are encoded.
     let proxy_url = fp.url("user:pa%73s");
@@ -462,7 +418,7 @@ async fn upper_case_first_a_bare_host_port_is_http_and_request_method_disables_a
 #[tokio::test]
 async fn a_proxy_that_is_down_is_a_json_502_naming_the_provider_and_the_proxy() {
     let issuer = Issuer::new("tls", Duration::from_secs(3600));
-    let (up, bearers) = tls_upstream(issuer.clone()).await;
+    let (up, bearers) = checking_tls_upstream(issuer.clone()).await;
     let port = closed_port();
     let proxy_url = format!("http://user:pass@127.0.0.1:{port}");
     let addr = relay(&tls_toml(up), &issuer, &[("HTTPS_PROXY", &proxy_url)]).await;
