@@ -250,7 +250,11 @@ impl Proxy {
             pool_idle_timeout: Duration::from_secs(90),
             h2c: opts.upstream_h2c,
         };
-        let tls = upstream::tls_config(cfg.ca_bundle.as_deref())?;
+        let egress = upstream::Egress::new(
+            settings.connect_timeout,
+            upstream::tls_config(cfg.ca_bundle.as_deref())?,
+            env.as_ref(),
+        );
         let mut providers = Vec::new();
         for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
             let at = format!("provider[{i}] ({})", p.name);
@@ -264,19 +268,9 @@ impl Proxy {
                 .to_owned();
             let (scheme, authority, base_path) = parse_upstream(&at, &upstream)?;
             let clients: Vec<_> = (0..workers)
-                .map(|_| upstream::UpstreamClient::new(&settings, tls.clone(), env.as_ref()))
+                .map(|_| upstream::UpstreamClient::new(&egress, &settings))
                 .collect();
-            let proxy_auth = clients.first().and_then(|c| {
-                let base = http::Uri::from_parts({
-                    let mut parts = http::uri::Parts::default();
-                    parts.scheme = Some(scheme.clone());
-                    parts.authority = Some(authority.clone());
-                    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-                    parts
-                })
-                .ok()?;
-                c.proxy_auth(&base)
-            });
+            let proxy_auth = egress.proxy_auth(&scheme, &authority);
             let entry = Cache::new(source).entry(p.request());
             let inject_header = HeaderName::from_bytes(p.inject.header_name().as_bytes())
                 .map_err(|e| Error::config(format!("{at}.inject"), e.to_string()))?;

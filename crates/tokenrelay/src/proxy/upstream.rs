@@ -11,7 +11,7 @@
 //! - `https://` through an HTTP proxy: an HTTP `CONNECT` tunnel (with `Proxy-Authorization` when
 //!   the proxy URL has `user:pass@`), then TLS to the upstream inside it;
 //! - `http://` through an HTTP proxy: a connection to the proxy, requests in absolute form, with
-//!   `Proxy-Authorization` added per request (see [`UpstreamClient::proxy_auth`]).
+//!   `Proxy-Authorization` added per request (see [`Egress::proxy_auth`]).
 //!
 //! SOCKS and `https://` proxies are refused with a clear error. Each upper-case variable is read
 //! before its lower-case form, and all are ignored when `REQUEST_METHOD` is set (a CGI
@@ -78,7 +78,6 @@ pub(crate) struct UpstreamClient {
 
 struct Pool {
     connector: hyper_rustls::HttpsConnector<ProxyConnector>,
-    matcher: Arc<Matcher>,
     h2c: bool,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -214,32 +213,64 @@ impl H1 {
     }
 }
 
-impl UpstreamClient {
-    /// Builds a client; `env` supplies the proxy variables.
-    pub(crate) fn new(
-        settings: &ClientSettings,
-        tls: Arc<rustls::ClientConfig>,
-        env: &dyn Env,
-    ) -> Self {
+/// How connections to upstreams are made: TCP (or a tunnel through an egress proxy), then TLS.
+/// Built once and shared by every client.
+#[derive(Clone)]
+pub(crate) struct Egress {
+    connector: hyper_rustls::HttpsConnector<ProxyConnector>,
+    matcher: Arc<Matcher>,
+}
+
+impl Egress {
+    /// The connector, with the proxy variables from `env` and the TLS settings `tls`.
+    pub(crate) fn new(connect_timeout: Duration, tls: rustls::ClientConfig, env: &dyn Env) -> Self {
         let matcher = Arc::new(matcher_from(env));
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
         let connector = ProxyConnector {
             http,
             matcher: matcher.clone(),
         };
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
+        Egress { connector, matcher }
+    }
+
+    /// The `Proxy-Authorization` value to add to requests for the upstream at `scheme` and
+    /// `authority` when it is plain HTTP sent through a proxy with credentials (a `CONNECT`
+    /// tunnel carries them itself).
+    pub(crate) fn proxy_auth(
+        &self,
+        scheme: &http::uri::Scheme,
+        authority: &http::uri::Authority,
+    ) -> Option<HeaderValue> {
+        if *scheme != http::uri::Scheme::HTTP {
+            return None;
+        }
+        let upstream = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
+        let mut v = self.matcher.intercept(&upstream)?.basic_auth()?.clone();
+        v.set_sensitive(true);
+        Some(v)
+    }
+}
+
+impl UpstreamClient {
+    /// A client with an empty pool, connecting through `egress`.
+    pub(crate) fn new(egress: &Egress, settings: &ClientSettings) -> Self {
         UpstreamClient {
             inner: Arc::new(Pool {
-                connector: https,
-                matcher,
+                connector: egress.connector.clone(),
                 h2c: settings.h2c,
                 connect_timeout: settings.connect_timeout,
                 idle_timeout: settings.pool_idle_timeout,
@@ -362,22 +393,6 @@ impl UpstreamClient {
         })
     }
 
-    /// The `Proxy-Authorization` value to add to requests for `upstream` when it is plain HTTP
-    /// sent through a proxy with credentials (a `CONNECT` tunnel carries them itself).
-    pub(crate) fn proxy_auth(&self, upstream: &Uri) -> Option<HeaderValue> {
-        if upstream.scheme() != Some(&http::uri::Scheme::HTTP) {
-            return None;
-        }
-        let mut v = self
-            .inner
-            .matcher
-            .intercept(upstream)?
-            .basic_auth()?
-            .clone();
-        v.set_sensitive(true);
-        Some(v)
-    }
-
     /// Returns a connection whose response has been read to the end. It is kept only if it
     /// can take the next request now: a connection still sending a request body (the upstream
     /// answered before reading it all) is closed, as nginx does, rather than left undriven.
@@ -487,7 +502,7 @@ fn matcher_from(env: &dyn Env) -> Matcher {
 ///
 /// # Errors
 /// A config error when the bundle cannot be read or holds no usable certificate.
-pub(crate) fn tls_config(ca_bundle: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn tls_config(ca_bundle: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -532,7 +547,7 @@ pub(crate) fn tls_config(ca_bundle: Option<&std::path::Path>) -> Result<Arc<rust
         .map_err(|e| Error::config("tls", e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    Ok(cfg)
 }
 
 /// Connects directly, through a `CONNECT` tunnel, or to a forward proxy (see module docs).
