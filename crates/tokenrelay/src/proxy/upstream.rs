@@ -30,7 +30,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -102,42 +102,38 @@ struct Idle {
 }
 
 /// Why a request got no response.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
     /// No connection could be made (DNS, TCP, proxy, TLS, or the connect timeout).
-    Connect(BoxError),
+    #[error("cannot connect: {0}")]
+    Connect(#[source] BoxError),
     /// The connection failed while the request was sent or the response head read.
-    Http(hyper::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
-            SendError::Http(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SendError::Connect(e) => Some(e.as_ref()),
-            SendError::Http(e) => Some(e),
-        }
-    }
+    #[error("{0}")]
+    Http(#[source] hyper::Error),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What one attempt on an HTTP/1.1 connection gave.
+/// What one attempt on a connection gave.
 enum Attempt {
     Done(Response<Incoming>),
     /// The request was not written (the connection was closed or not ready): try another.
     Again(Request<UpstreamBody>),
     Failed(hyper::Error),
+}
+
+impl Attempt {
+    fn of(r: std::result::Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>) -> Self {
+        match r {
+            Ok(resp) => Attempt::Done(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Attempt::Again(req),
+                None => Attempt::Failed(e.into_error()),
+            },
+        }
+    }
 }
 
 /// Drives the connection `slot` inline until `progress` is ready, or until the connection
@@ -202,14 +198,7 @@ impl H1 {
     async fn attempt(&mut self, req: Request<UpstreamBody>) -> Attempt {
         let mut sent = std::pin::pin!(self.tx.try_send_request(req));
         let conn = &mut self.conn;
-        let r = std::future::poll_fn(|cx| drive(conn, cx, |cx| sent.as_mut().poll(cx))).await;
-        match r {
-            Ok(resp) => Attempt::Done(resp),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Attempt::Again(req),
-                None => Attempt::Failed(e.into_error()),
-            },
-        }
+        Attempt::of(std::future::poll_fn(|cx| drive(conn, cx, |cx| sent.as_mut().poll(cx))).await)
     }
 }
 
@@ -308,12 +297,10 @@ impl UpstreamClient {
             .cloned();
         if let Some(mut tx) = h2 {
             if tx.ready().await.is_ok() {
-                match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp.map(PooledBody::spawned)),
-                    Err(mut e) => match e.take_message() {
-                        Some(r) => req = r,
-                        None => return Err(SendError::Http(e.into_error())),
-                    },
+                match Attempt::of(tx.try_send_request(req).await) {
+                    Attempt::Done(resp) => return Ok(resp.map(PooledBody::spawned)),
+                    Attempt::Again(r) => req = r,
+                    Attempt::Failed(e) => return Err(SendError::Http(e)),
                 }
             }
         }
