@@ -165,6 +165,18 @@ fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
     }
 }
 
+/// Refuses a request the proxy cannot forward as it is: counted by status, answered in the
+/// provider's error shape with a message naming the provider.
+fn reject(p: &Provider, status: u16, code: &str, detail: &str) -> Response<ProxyBody> {
+    p.metrics.record_status(status);
+    error_response(
+        p.style,
+        status,
+        code,
+        &format!("tokenrelay: provider {}: {detail}", p.name),
+    )
+}
+
 fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
     p.metrics
         .proxy_errors
@@ -192,19 +204,17 @@ fn sigv4_headers(
     body: Option<&Bytes>,
     lease: &CachedToken,
 ) -> Result<Vec<(http::HeaderName, HeaderValue)>, Response<ProxyBody>> {
-    let origin = format!("provider {}", p.name);
     let Some(body) = body else {
-        p.metrics.record_status(413);
-        return Err(error_response(
-            p.style,
+        return Err(reject(
+            p,
             413,
             "request_too_large",
-            &format!("tokenrelay: {origin}: a body larger than the replay limit cannot be SigV4-signed (raise --replay-limit)"),
+            "a body larger than the replay limit cannot be SigV4-signed (raise --replay-limit)",
         ));
     };
     let Some(creds) = lease.token().aws() else {
         let e = Error::new(
-            origin,
+            format!("provider {}", p.name),
             ErrorKind::Config("inject = \"aws-sigv4\" needs a source that gives AWS credentials (aws-web-identity, or a command printing credential_process JSON)".into()),
         );
         return Err(token_error(p, &e));
@@ -301,18 +311,7 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     parts.uri = match upstream_uri(p, &parts.uri, strip) {
         Some(u) => u,
-        None => {
-            p.metrics.record_status(400);
-            return error_response(
-                p.style,
-                400,
-                "bad_path",
-                &format!(
-                    "tokenrelay: provider {}: the request path cannot be forwarded",
-                    p.name
-                ),
-            );
-        }
+        None => return reject(p, 400, "bad_path", "the request path cannot be forwarded"),
     };
     headers::strip_request(&mut parts.headers, &p.inject_header);
 
@@ -328,16 +327,12 @@ pub(crate) async fn forward(
         match Limited::new(body, state.replay_limit).collect().await {
             Ok(c) => Body::Kept(c.to_bytes()),
             Err(e) => {
-                p.metrics.record_status(400);
-                return error_response(
-                    p.style,
+                return reject(
+                    p,
                     400,
                     "request_body",
-                    &format!(
-                        "tokenrelay: provider {}: cannot read the request body: {e}",
-                        p.name
-                    ),
-                );
+                    &format!("cannot read the request body: {e}"),
+                )
             }
         }
     } else {
