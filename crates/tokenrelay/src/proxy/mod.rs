@@ -114,7 +114,7 @@ impl Default for ProxyOptions {
 /// One provider at run time.
 pub(crate) struct Provider {
     pub name: Arc<str>,
-    /// The upstream URL as configured, without a trailing `/` (for messages and signing).
+    /// The upstream URL as configured, without a trailing `/` (shown by `/status`).
     pub upstream: String,
     /// The upstream's scheme and authority, parsed once.
     pub scheme: http::uri::Scheme,
