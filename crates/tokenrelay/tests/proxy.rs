@@ -357,6 +357,60 @@ async fn providers_are_isolated() {
 }
 
 #[tokio::test]
+async fn paths_and_queries_reach_the_upstream_rewritten_only_as_configured() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let plain = checking_upstream(issuer.clone(), 401).await;
+    let based = checking_upstream(issuer.clone(), 401).await;
+    let toml = format!(
+        "{}{}",
+        provider_toml("root", &plain.url(), ""),
+        provider_toml(
+            "based",
+            &format!("{}/openai/", based.url()),
+            "path_prefix = \"/azure\""
+        )
+    );
+    let addr = proxy(
+        &toml,
+        vec![src(&issuer), src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/v1/chat/completions?api-version=2024-10-21&x=%2F",
+        "/azure/deployments/gpt/chat/completions?api-version=1",
+        "/azure",
+        "/azure?q=1",
+    ] {
+        let r = client
+            .post(format!("http://{addr}{path}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let seen = |up: &Upstream| -> Vec<String> {
+        up.seen().iter().map(|s| s.path_and_query.clone()).collect()
+    };
+    assert_eq!(
+        seen(&plain),
+        ["/v1/chat/completions?api-version=2024-10-21&x=%2F"],
+        "no base path, no prefix: sent as it came"
+    );
+    assert_eq!(
+        seen(&based),
+        [
+            "/openai/deployments/gpt/chat/completions?api-version=1",
+            "/openai/",
+            "/openai/?q=1",
+        ],
+        "prefix stripped, base path prepended, query kept"
+    );
+}
+
+#[tokio::test]
 async fn inbound_credentials_are_stripped_and_ours_injected() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
     let up = Upstream::start(|_| full(200, "{}")).await;

@@ -275,6 +275,14 @@ async fn send(
 
 /// The upstream URI for a request path (`strip` bytes of routing prefix removed) and query.
 fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(p.scheme.clone());
+    parts.authority = Some(p.authority.clone());
+    if strip == 0 && p.base_path.is_empty() && uri.path().starts_with('/') {
+        // Nothing to rewrite: the client's path and query, already parsed, go as they are.
+        parts.path_and_query = uri.path_and_query().cloned();
+        return http::Uri::from_parts(parts).ok();
+    }
     let rest = uri.path().get(strip..).unwrap_or("");
     let query = uri.query();
     let mut pq = String::with_capacity(
@@ -289,9 +297,6 @@ fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri
         pq.push('?');
         pq.push_str(q);
     }
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(p.scheme.clone());
-    parts.authority = Some(p.authority.clone());
     parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
     http::Uri::from_parts(parts).ok()
 }

@@ -25,32 +25,42 @@ static INBOUND_CREDENTIALS: [HeaderName; 3] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
+    strip(h, |_| false);
 }
 
 /// Prepares a client request's headers for upstream: hop-by-hop and `Host` removed, every
 /// inbound credential removed (and the header we inject, whatever it is).
 pub(crate) fn strip_request(h: &mut HeaderMap, injected: &HeaderName) {
-    strip_hop_by_hop(h);
-    h.remove(header::HOST);
-    for n in &INBOUND_CREDENTIALS {
+    strip(h, |n| {
+        n == header::HOST || INBOUND_CREDENTIALS.contains(n) || n == injected
+    });
+}
+
+/// Removes the hop-by-hop headers, the headers `Connection` names and those `also` picks.
+///
+/// It walks the names the message has (a handful) instead of looking up every name it might
+/// have: a lookup hashes the name, and most messages carry none or one of the ~15 names.
+fn strip(h: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    // Each removal changes the map, so the walk starts over; both lists are short.
+    while let Some(n) = h
+        .keys()
+        .find(|n| HOP_BY_HOP.contains(n) || also(n))
+        .cloned()
+    {
+        if n == header::CONNECTION {
+            let named: Vec<HeaderName> = h
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for named in named {
+                h.remove(named);
+            }
+        }
         h.remove(n);
     }
-    h.remove(injected);
 }
 
 #[cfg(test)]
@@ -80,5 +90,29 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         left.sort();
         assert_eq!(left, ["accept", "content-type"]);
+    }
+
+    #[test]
+    fn strips_what_connection_names_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "text/event-stream"),
+            ("connection", "close"),
+            ("connection", "X-Trace-Hop , ,bad header"),
+            ("x-trace-hop", "1"),
+            ("x-request-id", "r"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+        // Nothing to strip: the map is left as it is.
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }
