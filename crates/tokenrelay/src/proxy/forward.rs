@@ -273,6 +273,38 @@ async fn send(
         })
 }
 
+/// The second and last attempt after the upstream answered `rejected` to the token of `lease`
+/// (already invalidated): with a fresh token and the kept body.
+async fn retry(
+    p: &Provider,
+    worker: usize,
+    rejected: u16,
+    lease: &CachedToken,
+    parts: http::request::Parts,
+    body: Bytes,
+) -> Result<Response<PooledBody>, Response<ProxyBody>> {
+    p.metrics
+        .retries
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fresh = p.entry.get().await.map_err(|e| token_error(p, &e))?;
+    tracing::info!(
+        provider = %p.name,
+        status = rejected,
+        old_generation = lease.generation(),
+        new_generation = fresh.generation(),
+        "upstream rejected the token; retrying once with a fresh one"
+    );
+    send(
+        p,
+        worker,
+        parts,
+        Either::Left(Full::new(body.clone())),
+        Some(&body),
+        &fresh,
+    )
+    .await
+}
+
 /// The upstream URI for a request path (`strip` bytes of routing prefix removed) and query.
 fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri> {
     let mut parts = http::uri::Parts::default();
@@ -360,41 +392,20 @@ pub(crate) async fn forward(
     if p.retry_on.contains(&resp.status().as_u16()) {
         let rejected = resp.status().as_u16();
         p.entry.invalidate(lease.generation());
-        if let (Some(bytes), Some(again)) = (replay, retry_parts) {
-            p.metrics
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            drop(resp);
-            let fresh = match p.entry.get().await {
-                Ok(l) => l,
-                Err(e) => return token_error(p, &e),
-            };
-            tracing::info!(
-                provider = %p.name,
-                status = rejected,
-                old_generation = lease.generation(),
-                new_generation = fresh.generation(),
-                "upstream rejected the token; retrying once with a fresh one"
-            );
-            resp = match send(
-                p,
-                worker,
-                again,
-                Either::Left(Full::new(bytes.clone())),
-                Some(&bytes),
-                &fresh,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(e) => return e,
-            };
-        } else {
-            tracing::info!(
+        match (replay, retry_parts) {
+            (Some(bytes), Some(again)) => {
+                drop(resp);
+                // Boxed: a second send in this future's state would double its size.
+                resp = match Box::pin(retry(p, worker, rejected, &lease, again, bytes)).await {
+                    Ok(r) => r,
+                    Err(e) => return e,
+                };
+            }
+            _ => tracing::info!(
                 provider = %p.name,
                 status = rejected,
                 "upstream rejected the token; body was streamed so the status is passed through (the next request gets a fresh token)"
-            );
+            ),
         }
     }
     let status = resp.status().as_u16();

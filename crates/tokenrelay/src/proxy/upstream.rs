@@ -269,54 +269,68 @@ impl UpstreamClient {
         }
     }
 
-    /// Takes an idle HTTP/1.1 connection that can send now, dropping stale ones.
+    /// Takes the most recently used idle HTTP/1.1 connection, dropping those idle too long.
+    ///
+    /// It is not polled here: [`put_back`](Self::put_back) left it ready for a request, and
+    /// a close by the upstream since then is seen by the attempt itself, which hands the
+    /// unwritten request back for the next connection (see [`send`](Self::send)). Polling it
+    /// here as well would cost as much as a third of the pool's work per request.
     fn checkout(&self) -> Option<Box<H1>> {
         loop {
-            let mut idle = lock(&self.inner.idle).pop()?;
-            if idle.since.elapsed() > self.inner.idle_timeout {
+            let idle = lock(&self.inner.idle).pop()?;
+            if idle.since.elapsed() > self.inner.idle_timeout || idle.h1.tx.is_closed() {
                 continue;
             }
-            if idle.h1.usable() {
-                return Some(idle.h1);
-            }
+            return Some(idle.h1);
         }
     }
 
     /// Sends `req`, whose URI is absolute (`scheme://authority/path?query`) and which carries
     /// its `Host` header.
+    ///
+    /// The common case, an idle HTTP/1.1 connection, runs inline; the shared HTTP/2
+    /// connection and a new connection are separate boxed futures. Their states (a connector,
+    /// handshakes, timers) would otherwise make this future, and every future awaiting it up to
+    /// the connection's task, several kilobytes large, copied whenever it moves.
     pub(crate) async fn send(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let pool = &self.inner;
-        let absolute = req.uri().clone();
         // A shared HTTP/2 connection.
-        let h2 = lock(&pool.h2)
+        let h2 = lock(&self.inner.h2)
             .as_ref()
             .filter(|tx| !tx.is_closed())
             .cloned();
-        if let Some(mut tx) = h2 {
-            if tx.ready().await.is_ok() {
-                match Attempt::of(tx.try_send_request(req).await) {
-                    Attempt::Done(resp) => return Ok(resp.map(PooledBody::spawned)),
-                    Attempt::Again(r) => req = r,
-                    Attempt::Failed(e) => return Err(SendError::Http(e)),
-                }
+        if let Some(tx) = h2 {
+            match Box::pin(send_h2(tx, req)).await {
+                Ok(sent) => return sent,
+                Err(back) => req = back,
             }
         }
         // An idle HTTP/1.1 connection.
         while let Some(mut h1) = self.checkout() {
+            let absolute = std::mem::replace(req.uri_mut(), Uri::from_static("/"));
             *req.uri_mut() = request_target(&absolute, h1.proxied);
             match h1.attempt(req).await {
                 Attempt::Done(resp) => return Ok(self.response(resp, h1)),
                 Attempt::Again(mut r) => {
-                    *r.uri_mut() = absolute.clone();
+                    *r.uri_mut() = absolute;
                     req = r;
                 }
                 Attempt::Failed(e) => return Err(SendError::Http(e)),
             }
         }
-        // A new connection.
+        Box::pin(self.send_on_new_connection(req)).await
+    }
+
+    /// Connects (see [`Egress`]) and sends `req` on the new connection, which becomes the
+    /// shared one if it speaks HTTP/2.
+    async fn send_on_new_connection(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let pool = &self.inner;
+        let absolute = req.uri().clone();
         let io = tokio::time::timeout(
             pool.connect_timeout,
             tower_service::Service::call(&mut pool.connector.clone(), absolute.clone()),
@@ -399,6 +413,22 @@ impl UpstreamClient {
         if idle.len() < MAX_IDLE {
             idle.push(Idle { h1, since: now });
         }
+    }
+}
+
+/// Sends `req` on the shared HTTP/2 connection `tx`; hands the request back when it was not
+/// sent (the connection is closing), so that another connection can take it.
+async fn send_h2(
+    mut tx: http2::SendRequest<UpstreamBody>,
+    req: Request<UpstreamBody>,
+) -> std::result::Result<Result<Response<PooledBody>, SendError>, Request<UpstreamBody>> {
+    if tx.ready().await.is_err() {
+        return Err(req);
+    }
+    match Attempt::of(tx.try_send_request(req).await) {
+        Attempt::Done(resp) => Ok(Ok(resp.map(PooledBody::spawned))),
+        Attempt::Again(r) => Err(r),
+        Attempt::Failed(e) => Ok(Err(SendError::Http(e))),
     }
 }
 
