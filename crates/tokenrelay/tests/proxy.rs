@@ -117,6 +117,42 @@ async fn rejected_token_is_invalidated_and_request_retried_once() {
 }
 
 #[tokio::test]
+async fn a_body_that_arrives_in_pieces_is_kept_whole_for_the_retry() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = checking_upstream(issuer.clone(), 401).await;
+    let addr = one_provider(&up, &issuer).await;
+    reqwest::get(format!("http://{addr}/warm")).await.unwrap();
+    issuer.revoke_all();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.set_nodelay(true).unwrap();
+    conn.write_all(
+        b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 15\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for piece in ["hello", " multi", "part"] {
+        // Apart in time, so that the proxy reads them as separate body frames.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        conn.write_all(piece.as_bytes()).await.unwrap();
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3, "warm-up, rejected, retried");
+    assert_eq!(seen[1].body, Bytes::from("hello multipart"));
+    assert_eq!(
+        seen[2].body,
+        Bytes::from("hello multipart"),
+        "the retry replays it whole"
+    );
+}
+
+#[tokio::test]
 async fn a_second_rejection_is_passed_through_never_looped() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
     let up = Upstream::start(|_| full(401, r#"{"error":{"message":"nope"}}"#)).await;

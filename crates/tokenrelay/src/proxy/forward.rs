@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -106,6 +106,33 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
 enum Body {
     Kept(Bytes),
     Stream(Incoming),
+}
+
+/// Reads a body of at most `limit` bytes whole. A body that came in one frame (a small JSON
+/// request usually does) is kept as it is, without a copy. Trailers are dropped.
+async fn read_whole(mut body: Incoming, limit: usize) -> Result<Bytes, BoxError> {
+    let mut only: Option<Bytes> = None; // the one frame so far
+    let mut joined = BytesMut::new(); // every frame, once there are two
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > limit {
+            return Err(format!("it is larger than {limit} bytes").into());
+        }
+        match only.take() {
+            None if joined.is_empty() => only = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(first) => {
+                joined.reserve(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(only.unwrap_or_else(|| joined.freeze()))
 }
 
 /// The injected header value for this token, computed once per token generation.
@@ -361,8 +388,8 @@ pub(crate) async fn forward(
     let body = if hyper::body::Body::is_end_stream(&body) {
         Body::Kept(Bytes::new())
     } else if declared.is_some_and(|n| n <= state.replay_limit) {
-        match Limited::new(body, state.replay_limit).collect().await {
-            Ok(c) => Body::Kept(c.to_bytes()),
+        match read_whole(body, state.replay_limit).await {
+            Ok(b) => Body::Kept(b),
             Err(e) => {
                 return reject(
                     p,
