@@ -710,6 +710,15 @@ async fn graceful_shutdown_lets_an_inflight_stream_finish() {
         ProxyOptions::default(),
     )
     .await;
+    // A keep-alive connection that is idle when shutdown begins: it is closed at once, not
+    // left to the end of the grace period (30 s).
+    let idle_client = reqwest::Client::new();
+    let idle = idle_client
+        .get(format!("http://{}/sse", addrs[0]))
+        .send()
+        .await
+        .unwrap();
+    idle.bytes().await.unwrap();
     let mut resp = reqwest::get(format!("http://{}/sse", addrs[0]))
         .await
         .unwrap();

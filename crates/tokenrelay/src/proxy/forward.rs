@@ -363,7 +363,7 @@ fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri
 /// Forwards `req` to `p`, `strip` bytes of path prefix removed.
 pub(crate) async fn forward(
     state: &State,
-    p: &Arc<Provider>,
+    p: &Provider,
     req: Request<Incoming>,
     strip: usize,
     worker: usize,

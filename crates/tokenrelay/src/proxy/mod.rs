@@ -415,15 +415,11 @@ impl Proxy {
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    router: Router,
-    worker: usize,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (state, router) = (&ctx.state, &ctx.router);
     let path = req.uri().path();
     if router.admin && admin::is_admin_path(path) {
-        return admin::respond(&state, &req);
+        return admin::respond(state, &req);
     }
     if router.root.is_none() && router.prefixed.is_empty() {
         return forward::plain_error(404, "not found");
@@ -451,7 +447,7 @@ async fn handle(
             );
         }
     };
-    let Some(provider) = state.providers.get(idx).cloned() else {
+    let Some(provider) = state.providers.get(idx) else {
         return forward::plain_error(500, "routing table is inconsistent");
     };
     if let Some(key) = &state.local_key {
@@ -471,5 +467,5 @@ async fn handle(
             );
         }
     }
-    forward::forward(&state, &provider, req, strip, worker).await
+    forward::forward(state, provider, req, strip, ctx.worker).await
 }
