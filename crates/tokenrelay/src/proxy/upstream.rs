@@ -140,11 +140,14 @@ impl Attempt {
 /// waits on the network (then `Pending`, with the task registered for it); an ended
 /// connection is dropped from `slot`.
 ///
-/// Everything the connection can do with what it has already read is done under a no-op
-/// waker: the connection and `progress` wake each other only through hyper's channels, and
-/// both are polled right here, so those wake-ups would only re-schedule this very task for
-/// nothing. The last poll of the connection before `Pending` uses the task's own waker, so the
-/// network (and a streamed request body) wakes the task.
+/// `progress` is polled under a no-op waker: the connection hands it what it read through
+/// hyper's channels while being polled right here, so a wake-up from there would only
+/// re-schedule this very task for nothing. The connection is polled with the task's own
+/// waker, once per round, so the network (and a streamed request body) wakes the task. A
+/// signal from `progress` to the connection (it wants more of the body) can still wake the
+/// task once; polling the connection a second time under the no-op waker first, to soak such
+/// signals up, cost more than those wake-ups (measured with callgrind: ~600 instructions per
+/// proxied JSON request, no change for SSE).
 fn drive<T>(
     slot: &mut Option<H1Conn>,
     cx: &mut Context<'_>,
@@ -160,13 +163,6 @@ fn drive<T>(
             // end or an error) now; polled with the real waker, to be safe.
             return progress(cx);
         };
-        if Pin::new(&mut *conn).poll(&mut quiet).is_ready() {
-            *slot = None;
-            continue;
-        }
-        if let Poll::Ready(v) = progress(&mut quiet) {
-            return Poll::Ready(v);
-        }
         if Pin::new(conn).poll(cx).is_ready() {
             *slot = None;
             continue;
