@@ -315,11 +315,8 @@ impl CacheEntry {
     pub async fn get_with_min_remaining(&self, min_remaining: Duration) -> Result<CachedToken> {
         let now = self.0.clock.now();
         if let Some(t) = self.try_get_at(now) {
-            let need = policy::effective_min_remaining(min_remaining, t.token().lifetime());
-            match t.token().remaining(now) {
-                // Backing off after a failed refresh: do not hammer the source per request.
-                Some(left) if left < need && !self.0.in_backoff(now) => {}
-                _ => return Ok(t),
+            if !self.needs_refresh_first(&t, min_remaining, now) {
+                return Ok(t);
             }
             return match self.0.clone().acquire_shared(false).await {
                 Ok(fresh) => Ok(fresh),
@@ -331,6 +328,28 @@ impl CacheEntry {
             };
         }
         self.0.clone().acquire_shared(true).await
+    }
+
+    /// What [`get_with_min_remaining`](Self::get_with_min_remaining) answers when it can
+    /// answer from memory at once (no acquisition to wait for); `None` otherwise. For callers
+    /// that keep the await, and its future, off their fast path.
+    pub fn try_get_with_min_remaining(&self, min_remaining: Duration) -> Option<CachedToken> {
+        let now = self.0.clock.now();
+        let t = self.try_get_at(now)?;
+        (!self.needs_refresh_first(&t, min_remaining, now)).then_some(t)
+    }
+
+    /// Whether `t` has less than the (capped) minimum remaining lifetime left and a refresh
+    /// should be tried before using it.
+    fn needs_refresh_first(
+        &self,
+        t: &CachedToken,
+        min_remaining: Duration,
+        now: SystemTime,
+    ) -> bool {
+        let need = policy::effective_min_remaining(min_remaining, t.token().lifetime());
+        // Backing off after a failed refresh: do not hammer the source per request.
+        matches!(t.token().remaining(now), Some(left) if left < need && !self.0.in_backoff(now))
     }
 
     /// Drops the held token if it is still the one of `generation` (what a 401 answered to),

@@ -234,6 +234,23 @@ async fn min_remaining_refreshes_first() {
 }
 
 #[tokio::test]
+async fn the_sync_fast_path_answers_only_what_needs_no_acquisition() {
+    let (clock, src, entry) = setup(Duration::from_secs(600));
+    let min = Duration::from_secs(120);
+    assert!(
+        entry.try_get_with_min_remaining(min).is_none(),
+        "nothing held"
+    );
+    entry.get().await.unwrap();
+    let t = entry.try_get_with_min_remaining(min).unwrap();
+    assert_eq!(secret(&t), "tok-1");
+    // 100 s left < 120 s: the caller must wait for a refresh, so no answer from memory.
+    clock.advance(Duration::from_secs(500));
+    assert!(entry.try_get_with_min_remaining(min).is_none());
+    assert_eq!(src.calls(), 1, "the fast path runs no acquisition itself");
+}
+
+#[tokio::test]
 async fn tokens_without_expiry_are_not_cached() {
     #[derive(Debug)]
     struct Bare(AtomicUsize);

@@ -37,6 +37,8 @@ fn secs_until(t: Option<SystemTime>, now: SystemTime) -> Option<f64> {
     })
 }
 
+// Out of line: the admin endpoints are rare next to proxied requests.
+#[inline(never)]
 pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return plain_error(405, "admin endpoints answer GET only");

@@ -25,6 +25,8 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// A JSON error in the provider's shape.
+#[cold]
+#[inline(never)]
 pub(crate) fn error_response(
     style: ErrorStyle,
     status: u16,
@@ -55,6 +57,8 @@ pub(crate) fn error_response(
 }
 
 /// A JSON error not tied to a provider (routing).
+#[cold]
+#[inline(never)]
 pub(crate) fn plain_error(status: u16, message: &str) -> Response<ProxyBody> {
     error_response(
         ErrorStyle::Openai,
@@ -142,6 +146,13 @@ fn header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error>
             return Ok(cached.1.clone());
         }
     }
+    new_header_value(p, lease)
+}
+
+/// Builds and caches the header value for a token generation not seen yet.
+#[cold]
+#[inline(never)]
+fn new_header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error> {
     let text = p.inject.header_value(lease.token().secret().expose());
     let mut v = HeaderValue::from_str(&text).map_err(|_| {
         Error::new(
@@ -155,6 +166,8 @@ fn header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error>
     Ok(v)
 }
 
+#[cold]
+#[inline(never)]
 fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
     let mut cause = String::new();
     let mut timed_out = false;
@@ -194,6 +207,8 @@ fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
 
 /// Refuses a request the proxy cannot forward as it is: counted by status, answered in the
 /// provider's error shape with a message naming the provider.
+#[cold]
+#[inline(never)]
 fn reject(p: &Provider, status: u16, code: &str, detail: &str) -> Response<ProxyBody> {
     p.metrics.record_status(status);
     error_response(
@@ -204,6 +219,8 @@ fn reject(p: &Provider, status: u16, code: &str, detail: &str) -> Response<Proxy
     )
 }
 
+#[cold]
+#[inline(never)]
 fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
     p.metrics
         .proxy_errors
@@ -221,6 +238,7 @@ fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
 
 /// Signs the request with SigV4 using the token's AWS credentials; returns the headers to add,
 /// or the error response to send (built only on the failure path, so its size does not matter).
+#[inline(never)]
 #[allow(clippy::result_large_err)]
 fn sigv4_headers(
     p: &Provider,
@@ -289,15 +307,21 @@ async fn send(
     client
         .send(Request::from_parts(parts, body))
         .await
-        .map_err(|e| {
-            let (status, code, msg) = upstream_error(p, &e);
-            p.metrics
-                .proxy_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            p.metrics.record_status(status);
-            tracing::warn!(provider = %p.name, status, "{msg}");
-            error_response(p.style, status, code, &msg)
-        })
+        .map_err(|e| upstream_failed(p, &e))
+}
+
+/// The answer to a request the upstream did not answer: counted, logged once, in the
+/// provider's error shape.
+#[cold]
+#[inline(never)]
+fn upstream_failed(p: &Provider, e: &SendError) -> Response<ProxyBody> {
+    let (status, code, msg) = upstream_error(p, e);
+    p.metrics
+        .proxy_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    p.metrics.record_status(status);
+    tracing::warn!(provider = %p.name, status, "{msg}");
+    error_response(p.style, status, code, &msg)
 }
 
 /// The second and last attempt after the upstream answered `rejected` to the token of `lease`
@@ -403,9 +427,13 @@ pub(crate) async fn forward(
         Body::Stream(body)
     };
 
-    let lease = match p.entry.get_with_min_remaining(p.min_remaining).await {
-        Ok(l) => l,
-        Err(e) => return token_error(p, &e),
+    let lease = match p.entry.try_get_with_min_remaining(p.min_remaining) {
+        Some(l) => l,
+        // Boxed: waiting for an acquisition is rare, and its future is large.
+        None => match Box::pin(p.entry.get_with_min_remaining(p.min_remaining)).await {
+            Ok(l) => l,
+            Err(e) => return token_error(p, &e),
+        },
     };
     let (first_body, replay) = match body {
         Body::Kept(b) => (Either::Left(Full::new(b.clone())), Some(b)),
@@ -428,17 +456,13 @@ pub(crate) async fn forward(
                     Err(e) => return e,
                 };
             }
-            _ => tracing::info!(
-                provider = %p.name,
-                status = rejected,
-                "upstream rejected the token; body was streamed so the status is passed through (the next request gets a fresh token)"
-            ),
+            _ => log_not_replayed(p, rejected),
         }
     }
     let status = resp.status().as_u16();
     p.metrics.record_status(status);
     p.metrics.record_latency(started.elapsed());
-    tracing::debug!(provider = %p.name, status, elapsed_us = started.elapsed().as_micros() as u64, "forwarded");
+    log_forwarded(p, status, started);
     let mut out = resp;
     headers::strip_hop_by_hop(out.headers_mut());
     out.map(|b| {
@@ -447,4 +471,22 @@ pub(crate) async fn forward(
             .map_err(|e| -> BoxError { Box::new(e) })
             .boxed_unsync()
     })
+}
+
+// The per-request log lines live out of line: a `tracing` event expands to a few hundred
+// bytes of code, which would sit in the middle of the hot path even while disabled.
+
+#[cold]
+#[inline(never)]
+fn log_not_replayed(p: &Provider, rejected: u16) {
+    tracing::info!(
+        provider = %p.name,
+        status = rejected,
+        "upstream rejected the token; body was streamed so the status is passed through (the next request gets a fresh token)"
+    );
+}
+
+#[inline(never)]
+fn log_forwarded(p: &Provider, status: u16, started: tokio::time::Instant) {
+    tracing::debug!(provider = %p.name, status, elapsed_us = started.elapsed().as_micros() as u64, "forwarded");
 }

@@ -415,6 +415,37 @@ impl Proxy {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn no_provider(router: &Router, path: &str) -> Response<ProxyBody> {
+    let known: Vec<_> = router.prefixed.iter().map(|(p, _)| p.as_str()).collect();
+    forward::plain_error(
+        404,
+        &format!(
+            "no provider for path {path:?} (prefixes: {})",
+            known.join(", ")
+        ),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn local_key_refused(provider: &Provider) -> Response<ProxyBody> {
+    provider
+        .metrics
+        .local_key_rejections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    forward::error_response(
+        provider.style,
+        401,
+        "local_key_invalid",
+        &format!(
+            "tokenrelay: provider {}: missing or wrong local key (send it as Authorization: Bearer, api-key or x-api-key)",
+            provider.name
+        ),
+    )
+}
+
 async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody> {
     let (state, router) = (&ctx.state, &ctx.router);
     let path = req.uri().path();
@@ -434,37 +465,15 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
             }
         }
     }
-    let (idx, strip) = match chosen.or(router.root.map(|i| (i, 0))) {
-        Some(x) => x,
-        None => {
-            let known: Vec<_> = router.prefixed.iter().map(|(p, _)| p.as_str()).collect();
-            return forward::plain_error(
-                404,
-                &format!(
-                    "no provider for path {path:?} (prefixes: {})",
-                    known.join(", ")
-                ),
-            );
-        }
+    let Some((idx, strip)) = chosen.or(router.root.map(|i| (i, 0))) else {
+        return no_provider(router, path);
     };
     let Some(provider) = state.providers.get(idx) else {
         return forward::plain_error(500, "routing table is inconsistent");
     };
     if let Some(key) = &state.local_key {
         if !forward::has_local_key(req.headers(), key) {
-            provider
-                .metrics
-                .local_key_rejections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return forward::error_response(
-                provider.style,
-                401,
-                "local_key_invalid",
-                &format!(
-                    "tokenrelay: provider {}: missing or wrong local key (send it as Authorization: Bearer, api-key or x-api-key)",
-                    provider.name
-                ),
-            );
+            return local_key_refused(provider);
         }
     }
     forward::forward(state, provider, req, strip, ctx.worker).await
