@@ -240,7 +240,11 @@ async fn accept_loop(
     grace: Duration,
 ) {
     let drain = Arc::new(Drain::default());
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // One flat write buffer per response instead of a queue of head and body buffers written
+    // with writev: fewer instructions per small response (callgrind: -2%) at the price of
+    // copying body bytes into the buffer, which stays bounded (backpressure at its limit).
+    builder.http1().writev(false);
     let ctx = Arc::new(Ctx {
         state,
         router,

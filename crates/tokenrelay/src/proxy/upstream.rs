@@ -356,7 +356,9 @@ impl UpstreamClient {
             return Ok(resp.map(PooledBody::spawned));
         }
         let proxied = connected.is_proxied();
+        // A flat write buffer, as on the client side (see `server::accept_loop`).
         let (tx, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
