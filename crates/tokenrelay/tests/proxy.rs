@@ -447,6 +447,30 @@ async fn paths_and_queries_reach_the_upstream_rewritten_only_as_configured() {
 }
 
 #[tokio::test]
+async fn head_responses_keep_the_upstreams_content_length() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = Upstream::start(|_| full(200, "hello world")).await;
+    let addr = one_provider(&up, &issuer).await;
+    let direct = reqwest::Client::new()
+        .head(format!("{}/file", up.url()))
+        .send()
+        .await
+        .unwrap();
+    let proxied = reqwest::Client::new()
+        .head(format!("http://{addr}/file"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+    assert_eq!(direct.headers()["content-length"], "11");
+    assert_eq!(
+        proxied.headers().get("content-length"),
+        direct.headers().get("content-length"),
+        "what the upstream said about the body a GET would get"
+    );
+}
+
+#[tokio::test]
 async fn inbound_credentials_are_stripped_and_ours_injected() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
     let up = Upstream::start(|_| full(200, "{}")).await;
