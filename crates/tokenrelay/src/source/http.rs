@@ -281,9 +281,19 @@ pub(crate) fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
     one_line(&parts.join(": "), 300)
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from IdPs and treated as absent).
+/// `Retry-After` (RFC 9110 §10.2.3) as a pause: delay-seconds, or an HTTP-date, which gives the
+/// time from now until then (zero for a date already past). Anything else is treated as absent.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    parse_retry_after_at(v, SystemTime::now())
+}
+
+fn parse_retry_after_at(v: &str, now: SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A successful OAuth 2.0 token response (RFC 6749 §5.1, RFC 8693 §2.2.1).
@@ -491,9 +501,20 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds() {
+    fn retry_after_seconds_or_http_date() {
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_475); // 07:27:55
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date already past: retry at once"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-1"), None);
     }
 
     #[test]
