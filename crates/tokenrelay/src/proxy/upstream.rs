@@ -396,7 +396,10 @@ impl UpstreamClient {
     /// can take the next request now: a connection still sending a request body (the upstream
     /// answered before reading it all) is closed, as nginx does, rather than left undriven.
     fn put_back(&self, mut h1: Box<H1>) {
-        if !h1.usable() {
+        // Usually the poll that read the end of the response has already left the connection
+        // waiting for its next request; only otherwise is it polled once more here.
+        let ready = h1.conn.is_some() && !h1.tx.is_closed() && h1.tx.is_ready();
+        if !ready && !h1.usable() {
             return;
         }
         let now = Instant::now();
