@@ -287,7 +287,8 @@ impl UpstreamClient {
     /// The common case, an idle HTTP/1.1 connection, runs inline; the shared HTTP/2
     /// connection and a new connection are separate boxed futures. Their states (a connector,
     /// handshakes, timers) would otherwise make this future, and every future awaiting it up to
-    /// the connection's task, several kilobytes large, copied whenever it moves.
+    /// the connection's task, several kilobytes larger (~7 KB instead of ~1.3 KB; a test pins
+    /// the ratio).
     pub(crate) async fn send(
         &self,
         mut req: Request<UpstreamBody>,
@@ -687,5 +688,40 @@ impl Write for Conn {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The future of the common path stays small: the new-connection and HTTP/2 paths are
+    /// boxed, so their connector, handshake and timer states are not part of it (1.3 KB
+    /// against the new-connection future's 7.2 KB, with rustc 1.95).
+    #[test]
+    fn the_send_future_stays_small() {
+        let egress = Egress::new(
+            Duration::from_secs(1),
+            tls_config(None).unwrap(),
+            &crate::source::MapEnv(Default::default()),
+        );
+        let client = UpstreamClient::new(
+            &egress,
+            &ClientSettings {
+                connect_timeout: Duration::from_secs(1),
+                pool_idle_timeout: Duration::from_secs(90),
+                h2c: false,
+            },
+        );
+        let req = Request::new(Either::Left(Full::new(Bytes::new())));
+        let fut = client.send(req);
+        let size = std::mem::size_of_val(&fut);
+        let req = Request::new(Either::Left(Full::new(Bytes::new())));
+        let boxed = std::mem::size_of_val(&client.send_on_new_connection(req));
+        assert!(
+            size * 2 < boxed,
+            "UpstreamClient::send's future is {size} bytes, the boxed new-connection one {boxed}"
+        );
     }
 }
