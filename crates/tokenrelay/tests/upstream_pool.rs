@@ -666,3 +666,60 @@ async fn an_answer_before_the_upload_ends_closes_the_connection_and_nothing_stal
     }
     assert!(up.accepted() >= 2, "the half-sent connection was reused");
 }
+
+/// An upstream that answers a request before reading its body, then keeps its end of the
+/// connection open and drains whatever arrives: unlike hyper's server, it never closes a
+/// connection itself, so only the proxy can. Tells (through the returned flag) whether the
+/// proxy closed the connection.
+async fn early_answer_upstream() -> (String, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head did not arrive");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large")
+            .await
+            .unwrap();
+        // Drain the upload for as long as the proxy keeps the connection.
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        flag.store(true, Ordering::SeqCst);
+    });
+    (url, closed)
+}
+
+#[tokio::test]
+async fn a_connection_answered_before_its_upload_ended_is_closed_not_pooled() {
+    let (url, closed) = early_answer_upstream().await;
+    let addr = proxy_for(&url, |o| o.replay_limit = 1024).await;
+    // An upload that never ends on its own: only closing the connection stops it.
+    let endless = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 4096])), ()))
+    });
+    let status = tokio::time::timeout(
+        TIMEOUT,
+        client()
+            .post(format!("http://{addr}/upload"))
+            .body(reqwest::Body::wrap_stream(endless))
+            .send(),
+    )
+    .await
+    .expect("the early answer was not forwarded");
+    if let Ok(r) = status {
+        assert_eq!(r.status(), 413);
+    }
+    wait_for(
+        &closed,
+        "the proxy to close the half-sent upstream connection",
+    )
+    .await;
+}
