@@ -172,17 +172,21 @@ fn drive<T>(
 }
 
 impl H1 {
-    /// Lets an idle connection catch up (a close by the upstream, the end of the previous
-    /// exchange) and tells whether it can take a request now. Polled under a no-op waker: the
-    /// request that takes it drives it with its own.
+    /// Tells whether the connection can take a request now. Usually the poll that read the
+    /// end of the previous response already left it waiting for the next request; otherwise it
+    /// is polled once more to catch up (a close by the upstream, the end of the exchange),
+    /// under a no-op waker: the request that takes it drives it with its own.
     fn usable(&mut self) -> bool {
-        let cx = &mut Context::from_waker(std::task::Waker::noop());
         if self.tx.is_closed() {
             return false;
         }
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
+        if self.tx.is_ready() {
+            return true;
+        }
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
         if Pin::new(conn).poll(cx).is_ready() {
             self.conn = None;
             return false;
@@ -397,10 +401,7 @@ impl UpstreamClient {
     /// can take the next request now: a connection still sending a request body (the upstream
     /// answered before reading it all) is closed, as nginx does, rather than left undriven.
     fn put_back(&self, mut h1: Box<H1>) {
-        // Usually the poll that read the end of the response has already left the connection
-        // waiting for its next request; only otherwise is it polled once more here.
-        let ready = h1.conn.is_some() && !h1.tx.is_closed() && h1.tx.is_ready();
-        if !ready && !h1.usable() {
+        if !h1.usable() {
             return;
         }
         let now = Instant::now();
