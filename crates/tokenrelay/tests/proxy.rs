@@ -229,34 +229,8 @@ async fn non_replayable_body_passes_401_through_and_next_request_recovers() {
 #[tokio::test]
 async fn sse_events_arrive_as_they_are_sent() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
-    let sent_at: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
-    let sent = sent_at.clone();
-    let up = Upstream::start_raw(move |_req, _seen| {
-        let sent = sent.clone();
-        async move {
-            let stream = futures_util::stream::unfold(0u32, move |i| {
-                let sent = sent.clone();
-                async move {
-                    if i == 5 {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    sent.lock().unwrap().push(tokio::time::Instant::now());
-                    Some((
-                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
-                            "data: {i}\n\n"
-                        )))),
-                        i + 1,
-                    ))
-                }
-            });
-            let mut r = http::Response::new(StreamBody::new(stream).boxed_unsync());
-            r.headers_mut()
-                .insert("content-type", "text/event-stream".parse().unwrap());
-            r
-        }
-    })
-    .await;
+    let gap = Duration::from_millis(200);
+    let (up, sent_at) = timed_sse_upstream(5, gap, gap).await;
     let addr = one_provider(&up, &issuer).await;
     let mut resp = reqwest::Client::new()
         .get(format!("http://{addr}/sse"))
@@ -264,13 +238,7 @@ async fn sse_events_arrive_as_they_are_sent() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut received = Vec::new();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        let at = tokio::time::Instant::now();
-        for _ in 0..String::from_utf8_lossy(&chunk).matches("data:").count() {
-            received.push(at);
-        }
-    }
+    let (received, _) = receive_events(&mut resp).await;
     let sent = sent_at.lock().unwrap().clone();
     assert_eq!(received.len(), 5);
     for (i, (s, r)) in sent.iter().zip(&received).enumerate() {
@@ -712,22 +680,8 @@ async fn admin_endpoints_never_show_token_bytes() {
 #[tokio::test]
 async fn graceful_shutdown_lets_an_inflight_stream_finish() {
     let issuer = Issuer::new("a", Duration::from_secs(3600));
-    let up = Upstream::start_raw(|_req, _seen| async move {
-        let stream = futures_util::stream::unfold(0u32, |i| async move {
-            if i == 10 {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Some((
-                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
-                    "data: {i}\n\n"
-                )))),
-                i + 1,
-            ))
-        });
-        http::Response::new(StreamBody::new(stream).boxed_unsync())
-    })
-    .await;
+    let tick = Duration::from_millis(100);
+    let (up, _) = timed_sse_upstream(10, tick, tick).await;
     let (addrs, stop, task) = proxy_with_shutdown(
         &provider_toml("a", &up.url(), ""),
         vec![src(&issuer)],

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -526,32 +526,7 @@ async fn a_streamed_upload_beyond_the_replay_limit_arrives_whole() {
 
 #[tokio::test]
 async fn sse_events_with_gaps_are_forwarded_as_they_arrive() {
-    let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
-    let sent = sent_at.clone();
-    let up = Upstream::start_raw(move |_req, _seen| {
-        let sent = sent.clone();
-        async move {
-            let stream = futures_util::stream::unfold(0u32, move |i| {
-                let sent = sent.clone();
-                async move {
-                    if i == 5 {
-                        return None;
-                    }
-                    if i > 0 {
-                        tokio::time::sleep(Duration::from_millis(150)).await;
-                    }
-                    sent.lock().unwrap().push(Instant::now());
-                    let event = Frame::data(Bytes::from(format!("data: {i}\n\n")));
-                    Some((Ok::<_, Infallible>(event), i + 1))
-                }
-            });
-            let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-            r.headers_mut()
-                .insert("content-type", "text/event-stream".parse().unwrap());
-            r
-        }
-    })
-    .await;
+    let (up, sent_at) = timed_sse_upstream(5, Duration::ZERO, Duration::from_millis(150)).await;
     let addr = proxy_for(&up.url(), |_| {}).await;
     let received = tokio::time::timeout(TIMEOUT, async {
         let mut resp = client()
@@ -559,16 +534,7 @@ async fn sse_events_with_gaps_are_forwarded_as_they_arrive() {
             .send()
             .await
             .unwrap();
-        let mut received = Vec::new();
-        let mut text = String::new();
-        while let Some(chunk) = resp.chunk().await.unwrap() {
-            let at = Instant::now();
-            let chunk = String::from_utf8_lossy(&chunk).into_owned();
-            for _ in 0..chunk.matches("data:").count() {
-                received.push(at);
-            }
-            text.push_str(&chunk);
-        }
+        let (received, text) = receive_events(&mut resp).await;
         assert_eq!(
             text,
             (0..5).map(|i| format!("data: {i}\n\n")).collect::<String>()

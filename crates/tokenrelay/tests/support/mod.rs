@@ -315,3 +315,59 @@ pub async fn tls_upstream(
     });
     addr
 }
+
+/// Instants at which a timed SSE upstream sent its events, in order.
+pub type SentAt = Arc<Mutex<Vec<tokio::time::Instant>>>;
+
+/// A loopback upstream answering every request with a `text/event-stream` of `events` events
+/// (`data: <i>\n\n`): the first `first_after` after the request, each next one `gap` after
+/// the one before. Also returns when each event was sent.
+pub async fn timed_sse_upstream(
+    events: u32,
+    first_after: Duration,
+    gap: Duration,
+) -> (Upstream, SentAt) {
+    let sent_at = SentAt::default();
+    let sent = sent_at.clone();
+    let up = Upstream::start_raw(move |_req, _seen| {
+        let sent = sent.clone();
+        async move {
+            let stream = futures_util::stream::unfold(0u32, move |i| {
+                let sent = sent.clone();
+                async move {
+                    if i == events {
+                        return None;
+                    }
+                    let wait = if i == 0 { first_after } else { gap };
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    sent.lock().unwrap().push(tokio::time::Instant::now());
+                    let event = hyper::body::Frame::data(Bytes::from(format!("data: {i}\n\n")));
+                    Some((Ok::<_, Infallible>(event), i + 1))
+                }
+            });
+            let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    (up, sent_at)
+}
+
+/// Reads an SSE response to its end: when each `data:` event arrived, and the whole text.
+pub async fn receive_events(resp: &mut reqwest::Response) -> (Vec<tokio::time::Instant>, String) {
+    let mut received = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        let at = tokio::time::Instant::now();
+        let chunk = String::from_utf8_lossy(&chunk).into_owned();
+        for _ in 0..chunk.matches("data:").count() {
+            received.push(at);
+        }
+        text.push_str(&chunk);
+    }
+    (received, text)
+}
