@@ -1,0 +1,68 @@
+# Shared by bench/run and bench/instructions (sourced, not run). Needs APT_LOG set to the file
+# that apt-get's output goes to.
+
+free_port() { # a loopback port nobody listens on (bounded tries)
+    local i p
+    for ((i = 0; i < 100; i++)); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "bench: no free port found" >&2
+    return 1
+}
+
+SUDO=
+if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then SUDO=sudo; fi
+APT_UPDATED=0
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $SUDO apt-get install -y -q "$@" >>"$APT_LOG" 2>&1; then
+        if ((APT_UPDATED == 0)); then
+            APT_UPDATED=1
+            $SUDO apt-get update -q >>"$APT_LOG" 2>&1
+        fi
+        $SUDO apt-get install -y -q "$@" >>"$APT_LOG" 2>&1
+    fi
+}
+need() { # command package
+    command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 ]] || { echo "installing $2" >&2; apt_install "$2"; }
+}
+
+# nginx as the floor for an injecting proxy: static Authorization header, upstream keepalive,
+# no response buffering (SSE must pass through as it arrives). Every bench measures this same
+# configuration; only the process model (workers, master) is the caller's.
+nginx_conf() { # dir listen_port upstream_port token main_directives
+    local dir=$1 port=$2 up=$3 token=$4 main=$5
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+$main
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream bench_upstream {
+        server 127.0.0.1:$up;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer $token";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+}
