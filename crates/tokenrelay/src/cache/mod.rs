@@ -82,6 +82,40 @@ impl CachedToken {
     }
 }
 
+/// A token lent by [`CacheEntry::lend_with_min_remaining`] for the length of a call.
+#[derive(Clone, Copy)]
+pub struct TokenRef<'a> {
+    inner: &'a Arc<Cached>,
+}
+
+impl TokenRef<'_> {
+    /// The token.
+    pub fn token(&self) -> &Token {
+        &self.inner.token
+    }
+
+    /// Which acquisition this token came from (see [`CachedToken::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// A [`CachedToken`] of it, to keep beyond the call.
+    pub fn to_cached(self) -> CachedToken {
+        CachedToken {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for TokenRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRef")
+            .field("token", &self.inner.token)
+            .field("generation", &self.inner.generation)
+            .finish()
+    }
+}
+
 impl fmt::Debug for CachedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedToken")
@@ -276,19 +310,21 @@ impl CacheEntry {
     }
 
     fn try_get_at(&self, now: SystemTime) -> Option<CachedToken> {
+        self.lend_at(now, |c| CachedToken { inner: c.clone() })
+    }
+
+    /// Lends the held token to `f` if it is valid and not due for refresh (inside the
+    /// refresh window it still lends it and starts a background refresh); `None` otherwise.
+    fn lend_at<R>(&self, now: SystemTime, f: impl FnOnce(&Arc<Cached>) -> R) -> Option<R> {
         let guard = self.0.current.load();
         let cached = guard.as_ref()?;
         if now < cached.refresh_at {
-            return Some(CachedToken {
-                inner: cached.clone(),
-            });
+            return Some(f(cached));
         }
         if cached.token.is_expired(now) {
             return None;
         }
-        let out = CachedToken {
-            inner: cached.clone(),
-        };
+        let out = f(cached);
         drop(guard);
         self.0.kick_refresh(now);
         Some(out)
@@ -315,7 +351,7 @@ impl CacheEntry {
     pub async fn get_with_min_remaining(&self, min_remaining: Duration) -> Result<CachedToken> {
         let now = self.0.clock.now();
         if let Some(t) = self.try_get_at(now) {
-            if !self.needs_refresh_first(&t, min_remaining, now) {
+            if !self.needs_refresh_first(t.token(), min_remaining, now) {
                 return Ok(t);
             }
             return match self.0.clone().acquire_shared(false).await {
@@ -334,22 +370,31 @@ impl CacheEntry {
     /// answer from memory at once (no acquisition to wait for); `None` otherwise. For callers
     /// that keep the await, and its future, off their fast path.
     pub fn try_get_with_min_remaining(&self, min_remaining: Duration) -> Option<CachedToken> {
+        self.lend_with_min_remaining(min_remaining, |t| t.to_cached())
+    }
+
+    /// Like [`try_get_with_min_remaining`](Self::try_get_with_min_remaining), but lends the
+    /// token to `f` instead of handing out a [`CachedToken`]. No reference count is touched:
+    /// callers on several threads (the proxy's workers, on every request) then do not move
+    /// the count's cache line between their CPUs.
+    pub fn lend_with_min_remaining<R>(
+        &self,
+        min_remaining: Duration,
+        f: impl FnOnce(TokenRef<'_>) -> R,
+    ) -> Option<R> {
         let now = self.0.clock.now();
-        let t = self.try_get_at(now)?;
-        (!self.needs_refresh_first(&t, min_remaining, now)).then_some(t)
+        self.lend_at(now, |c| {
+            (!self.needs_refresh_first(&c.token, min_remaining, now))
+                .then(|| f(TokenRef { inner: c }))
+        })?
     }
 
     /// Whether `t` has less than the (capped) minimum remaining lifetime left and a refresh
     /// should be tried before using it.
-    fn needs_refresh_first(
-        &self,
-        t: &CachedToken,
-        min_remaining: Duration,
-        now: SystemTime,
-    ) -> bool {
-        let need = policy::effective_min_remaining(min_remaining, t.token().lifetime());
+    fn needs_refresh_first(&self, t: &Token, min_remaining: Duration, now: SystemTime) -> bool {
+        let need = policy::effective_min_remaining(min_remaining, t.lifetime());
         // Backing off after a failed refresh: do not hammer the source per request.
-        matches!(t.token().remaining(now), Some(left) if left < need && !self.0.in_backoff(now))
+        matches!(t.remaining(now), Some(left) if left < need && !self.0.in_backoff(now))
     }
 
     /// Drops the held token if it is still the one of `generation` (what a 401 answered to),

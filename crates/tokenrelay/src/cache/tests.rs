@@ -251,6 +251,32 @@ async fn the_sync_fast_path_answers_only_what_needs_no_acquisition() {
 }
 
 #[tokio::test]
+async fn lending_answers_like_the_fast_path_without_taking_a_reference() {
+    let (clock, src, entry) = setup(Duration::from_secs(600));
+    let min = Duration::from_secs(120);
+    assert!(entry.lend_with_min_remaining(min, |_| ()).is_none());
+    let held = entry.get().await.unwrap();
+    let before = Arc::strong_count(&held.inner);
+    let (text, generation, during) = entry
+        .lend_with_min_remaining(min, |t| {
+            (
+                t.token().secret().expose().to_owned(),
+                t.generation(),
+                Arc::strong_count(t.inner),
+            )
+        })
+        .unwrap();
+    assert_eq!(text, "tok-1");
+    assert_eq!(generation, held.generation());
+    assert_eq!(during, before, "lending clones no Arc");
+    assert_eq!(Arc::strong_count(&held.inner), before);
+    // 100 s left < 120 s: nothing is lent, as the fast path answers nothing.
+    clock.advance(Duration::from_secs(500));
+    assert!(entry.lend_with_min_remaining(min, |_| ()).is_none());
+    assert_eq!(src.calls(), 1);
+}
+
+#[tokio::test]
 async fn tokens_without_expiry_are_not_cached() {
     #[derive(Debug)]
     struct Bare(AtomicUsize);

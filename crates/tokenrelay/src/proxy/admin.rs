@@ -111,8 +111,8 @@ pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody>
                         "acquisitions": s.acquisitions,
                         "failures": s.failures,
                         "last_error": s.last_error.map(|(at, msg)| json!({"at": crate::rfc3339(at), "message": msg})),
-                        "requests": p.metrics.requests.load(std::sync::atomic::Ordering::Relaxed),
-                        "retries": p.metrics.retries.load(std::sync::atomic::Ordering::Relaxed),
+                        "requests": p.metrics.total(|c| &c.requests),
+                        "retries": p.metrics.total(|c| &c.retries),
                     })
                 })
                 .collect();

@@ -1,7 +1,5 @@
 //! Forwarding one request: strip, inject, send, retry once on a rejected credential, stream back.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -10,12 +8,13 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::headers;
+use super::metrics::Counters;
 use super::upstream::{PooledBody, SendError, UpstreamBody};
-use super::{BoxError, Provider, ProxyBody, State};
-use crate::cache::CachedToken;
+use super::{BoxError, Lane, Provider, ProxyBody, State};
 use crate::config::ErrorStyle;
 use crate::error::{Error, ErrorKind};
 use crate::secret::Secret;
+use crate::token::Token;
 
 /// A full JSON body.
 fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -139,21 +138,48 @@ async fn read_whole(mut body: Incoming, limit: usize) -> Result<Bytes, BoxError>
     Ok(only.unwrap_or_else(|| joined.freeze()))
 }
 
-/// The injected header value for this token, computed once per token generation.
-fn header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error> {
-    if let Some(cached) = p.header_value.load().as_ref() {
-        if cached.0 == lease.generation() {
-            return Ok(cached.1.clone());
-        }
-    }
-    new_header_value(p, lease)
+/// How a request is authorised upstream.
+enum Credential {
+    /// The provider's injected header, with this value.
+    Header(HeaderValue),
+    /// SigV4 signature headers for this request.
+    Signed(Vec<(http::HeaderName, HeaderValue)>),
 }
 
-/// Builds and caches the header value for a token generation not seen yet.
+/// The credential for a request with `token` (of `generation`): the injected header value,
+/// built once per token generation by each worker, or the request's SigV4 signature. `parts`
+/// carries every header but the credential; `kept` is the kept body.
+#[allow(clippy::result_large_err)]
+fn credential(
+    p: &Provider,
+    lane: &Lane,
+    m: &Counters,
+    (token, generation): (&Token, u64),
+    parts: &http::request::Parts,
+    kept: Option<&Bytes>,
+) -> Result<Credential, Response<ProxyBody>> {
+    if let Some(sig) = &p.sigv4 {
+        return sigv4_headers(p, m, sig, parts, kept, token).map(Credential::Signed);
+    }
+    let mut slot = lane
+        .header_value
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((g, v)) = slot.as_ref() {
+        if *g == generation {
+            return Ok(Credential::Header(v.clone()));
+        }
+    }
+    let v = new_header_value(p, token).map_err(|e| token_error(p, m, &e))?;
+    *slot = Some((generation, v.clone()));
+    Ok(Credential::Header(v))
+}
+
+/// Builds the header value for a token generation this worker has not used yet.
 #[cold]
 #[inline(never)]
-fn new_header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Error> {
-    let text = p.inject.header_value(lease.token().secret().expose());
+fn new_header_value(p: &Provider, token: &Token) -> Result<HeaderValue, Error> {
+    let text = p.inject.header_value(token.secret().expose());
     let mut v = HeaderValue::from_str(&text).map_err(|_| {
         Error::new(
             format!("provider {}", p.name),
@@ -161,8 +187,6 @@ fn new_header_value(p: &Provider, lease: &CachedToken) -> Result<HeaderValue, Er
         )
     })?;
     v.set_sensitive(true);
-    p.header_value
-        .store(Some(Arc::new((lease.generation(), v.clone()))));
     Ok(v)
 }
 
@@ -209,8 +233,14 @@ fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
 /// provider's error shape with a message naming the provider.
 #[cold]
 #[inline(never)]
-fn reject(p: &Provider, status: u16, code: &str, detail: &str) -> Response<ProxyBody> {
-    p.metrics.record_status(status);
+fn reject(
+    p: &Provider,
+    m: &Counters,
+    status: u16,
+    code: &str,
+    detail: &str,
+) -> Response<ProxyBody> {
+    m.record_status(status);
     error_response(
         p.style,
         status,
@@ -221,12 +251,11 @@ fn reject(p: &Provider, status: u16, code: &str, detail: &str) -> Response<Proxy
 
 #[cold]
 #[inline(never)]
-fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
-    p.metrics
-        .proxy_errors
+fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
+    m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let status = e.http_status();
-    p.metrics.record_status(status);
+    m.record_status(status);
     tracing::warn!(provider = %p.name, error = %e, "no token for request");
     error_response(
         p.style,
@@ -242,129 +271,158 @@ fn token_error(p: &Provider, e: &Error) -> Response<ProxyBody> {
 #[allow(clippy::result_large_err)]
 fn sigv4_headers(
     p: &Provider,
+    m: &Counters,
     (region, service): &(String, String),
-    method: &http::Method,
-    uri: &http::Uri,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     body: Option<&Bytes>,
-    lease: &CachedToken,
+    token: &Token,
 ) -> Result<Vec<(http::HeaderName, HeaderValue)>, Response<ProxyBody>> {
     let Some(body) = body else {
         return Err(reject(
             p,
+            m,
             413,
             "request_too_large",
             "a body larger than the replay limit cannot be SigV4-signed (raise --replay-limit)",
         ));
     };
-    let Some(creds) = lease.token().aws() else {
+    let Some(creds) = token.aws() else {
         let e = Error::new(
             format!("provider {}", p.name),
             ErrorKind::Config("inject = \"aws-sigv4\" needs a source that gives AWS credentials (aws-web-identity, or a command printing credential_process JSON)".into()),
         );
-        return Err(token_error(p, &e));
+        return Err(token_error(p, m, &e));
     };
+    // The signature covers the absolute URI the upstream sees.
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(p.scheme.clone());
+    uri.authority = Some(p.authority.clone());
+    uri.path_and_query = parts.uri.path_and_query().cloned();
+    let uri = http::Uri::from_parts(uri).map_err(|e| {
+        reject(
+            p,
+            m,
+            400,
+            "bad_path",
+            &format!("the request path cannot be signed: {e}"),
+        )
+    })?;
     crate::source::sign_request(
-        method,
-        uri,
-        headers,
+        &parts.method,
+        &uri,
+        &parts.headers,
         body,
         creds,
         region,
         service,
         std::time::SystemTime::now(),
     )
-    .map_err(|e| token_error(p, &e))
+    .map_err(|e| token_error(p, m, &e))
 }
 
-/// Sends one attempt upstream with the credential of `lease` injected.
-async fn send(
-    p: &Provider,
-    worker: usize,
-    mut parts: http::request::Parts,
-    body: UpstreamBody,
-    kept: Option<&Bytes>,
-    lease: &CachedToken,
-) -> Result<Response<PooledBody>, Response<ProxyBody>> {
+/// Sets what every upstream request carries besides the credential: HTTP/1.1 (hyper picks
+/// HTTP/2 by the connection), the upstream's `Host`, the configured extra headers, and
+/// `Proxy-Authorization` for a plain-HTTP upstream behind a forward proxy.
+fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
-    headers.insert(header::HOST, p.host_header.clone());
+    headers.insert(header::HOST, lane.client.host().clone());
     for (k, v) in &p.extra_headers {
         headers.insert(k.clone(), v.clone());
     }
     if let Some(auth) = &p.proxy_auth {
         headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
     }
-    if let Some(sig) = &p.sigv4 {
-        for (k, v) in sigv4_headers(p, sig, &parts.method, &parts.uri, headers, kept, lease)? {
-            headers.insert(k, v);
+}
+
+/// Sends one attempt upstream with `credential` added to `parts`.
+async fn send(
+    p: &Provider,
+    lane: &Lane,
+    m: &Counters,
+    mut parts: http::request::Parts,
+    body: UpstreamBody,
+    credential: Credential,
+) -> Result<Response<PooledBody>, Response<ProxyBody>> {
+    match credential {
+        Credential::Header(v) => {
+            parts.headers.insert(p.inject_header.clone(), v);
         }
-    } else {
-        let value = header_value(p, lease).map_err(|e| token_error(p, &e))?;
-        headers.insert(p.inject_header.clone(), value);
+        Credential::Signed(headers) => {
+            for (k, v) in headers {
+                parts.headers.insert(k, v);
+            }
+        }
     }
-    let client = &p.clients[worker % p.clients.len()];
-    client
+    lane.client
         .send(Request::from_parts(parts, body))
         .await
-        .map_err(|e| upstream_failed(p, &e))
+        .map_err(|e| upstream_failed(p, m, &e))
 }
 
 /// The answer to a request the upstream did not answer: counted, logged once, in the
 /// provider's error shape.
 #[cold]
 #[inline(never)]
-fn upstream_failed(p: &Provider, e: &SendError) -> Response<ProxyBody> {
+fn upstream_failed(p: &Provider, m: &Counters, e: &SendError) -> Response<ProxyBody> {
     let (status, code, msg) = upstream_error(p, e);
-    p.metrics
-        .proxy_errors
+    m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    p.metrics.record_status(status);
+    m.record_status(status);
     tracing::warn!(provider = %p.name, status, "{msg}");
     error_response(p.style, status, code, &msg)
 }
 
-/// The second and last attempt after the upstream answered `rejected` to the token of `lease`
-/// (already invalidated): with a fresh token and the kept body.
+/// The second and last attempt after the upstream answered `rejected` to the token of
+/// `generation` (already invalidated): with a fresh token and the kept body.
 async fn retry(
-    p: &Provider,
-    worker: usize,
+    (p, lane, m): (&Provider, &Lane, &Counters),
     rejected: u16,
-    lease: &CachedToken,
+    generation: u64,
     parts: http::request::Parts,
     body: Bytes,
 ) -> Result<Response<PooledBody>, Response<ProxyBody>> {
-    p.metrics
-        .retries
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let fresh = p.entry.get().await.map_err(|e| token_error(p, &e))?;
+    m.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fresh = p.entry.get().await.map_err(|e| token_error(p, m, &e))?;
     tracing::info!(
         provider = %p.name,
         status = rejected,
-        old_generation = lease.generation(),
+        old_generation = generation,
         new_generation = fresh.generation(),
         "upstream rejected the token; retrying once with a fresh one"
     );
+    let cred = credential(
+        p,
+        lane,
+        m,
+        (fresh.token(), fresh.generation()),
+        &parts,
+        Some(&body),
+    )?;
     send(
         p,
-        worker,
+        lane,
+        m,
         parts,
         Either::Left(Full::new(body.clone())),
-        Some(&body),
-        &fresh,
+        cred,
     )
     .await
 }
 
-/// The upstream URI for a request path (`strip` bytes of routing prefix removed) and query.
-fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(p.scheme.clone());
-    parts.authority = Some(p.authority.clone());
+/// The request target upstream, in origin form: the request's path (`strip` bytes of routing
+/// prefix removed, the upstream's base path in front) and query.
+fn upstream_target(p: &Provider, uri: http::Uri, strip: usize) -> Option<http::Uri> {
     if strip == 0 && p.base_path.is_empty() && uri.path().starts_with('/') {
         // Nothing to rewrite: the client's path and query, already parsed, go as they are.
-        parts.path_and_query = uri.path_and_query().cloned();
-        return http::Uri::from_parts(parts).ok();
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return Some(uri);
+        }
+        return Some(
+            uri.path_and_query()
+                .cloned()
+                .map_or_else(|| http::Uri::from_static("/"), http::Uri::from),
+        );
     }
     let rest = uri.path().get(strip..).unwrap_or("");
     let query = uri.query();
@@ -380,11 +438,12 @@ fn upstream_uri(p: &Provider, uri: &http::Uri, strip: usize) -> Option<http::Uri
         pq.push('?');
         pq.push_str(q);
     }
-    parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
-    http::Uri::from_parts(parts).ok()
+    http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq))
+        .ok()
+        .map(http::Uri::from)
 }
 
-/// Forwards `req` to `p`, `strip` bytes of path prefix removed.
+/// Forwards `req` to `p`, `strip` bytes of path prefix removed, on worker `worker`.
 pub(crate) async fn forward(
     state: &State,
     p: &Provider,
@@ -393,30 +452,36 @@ pub(crate) async fn forward(
     worker: usize,
 ) -> Response<ProxyBody> {
     let started = tokio::time::Instant::now();
-    p.metrics
-        .requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (lane, m) = (p.lane(worker), p.metrics.shard(worker));
+    m.request();
     let (mut parts, body) = req.into_parts();
-    parts.uri = match upstream_uri(p, &parts.uri, strip) {
+    parts.uri = match upstream_target(p, std::mem::take(&mut parts.uri), strip) {
         Some(u) => u,
-        None => return reject(p, 400, "bad_path", "the request path cannot be forwarded"),
+        None => {
+            return reject(
+                p,
+                m,
+                400,
+                "bad_path",
+                "the request path cannot be forwarded",
+            )
+        }
     };
     headers::strip_request(&mut parts.headers, &p.inject_header);
+    upstream_head(p, lane, &mut parts);
 
-    // Keep small bodies so a rejected credential can be retried.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    // Keep small bodies so a rejected credential can be retried. hyper knows a declared
+    // length (Content-Length) already.
+    let declared = hyper::body::Body::size_hint(&body).exact();
     let body = if hyper::body::Body::is_end_stream(&body) {
         Body::Kept(Bytes::new())
-    } else if declared.is_some_and(|n| n <= state.replay_limit) {
+    } else if declared.is_some_and(|n| n <= state.replay_limit as u64) {
         match read_whole(body, state.replay_limit).await {
             Ok(b) => Body::Kept(b),
             Err(e) => {
                 return reject(
                     p,
+                    m,
                     400,
                     "request_body",
                     &format!("cannot read the request body: {e}"),
@@ -426,32 +491,59 @@ pub(crate) async fn forward(
     } else {
         Body::Stream(body)
     };
-
-    let lease = match p.entry.try_get_with_min_remaining(p.min_remaining) {
-        Some(l) => l,
-        // Boxed: waiting for an acquisition is rare, and its future is large.
-        None => match Box::pin(p.entry.get_with_min_remaining(p.min_remaining)).await {
-            Ok(l) => l,
-            Err(e) => return token_error(p, &e),
-        },
-    };
     let (first_body, replay) = match body {
         Body::Kept(b) => (Either::Left(Full::new(b.clone())), Some(b)),
         Body::Stream(s) => (Either::Right(s), None),
     };
+
+    // The token, lent from memory: no reference count to share with the other workers.
+    let lent = p.entry.lend_with_min_remaining(p.min_remaining, |t| {
+        let cred = credential(
+            p,
+            lane,
+            m,
+            (t.token(), t.generation()),
+            &parts,
+            replay.as_ref(),
+        );
+        (t.generation(), cred)
+    });
+    let (generation, cred) = match lent {
+        Some(x) => x,
+        // Boxed: waiting for an acquisition is rare, and its future is large.
+        None => match Box::pin(p.entry.get_with_min_remaining(p.min_remaining)).await {
+            Ok(l) => {
+                let cred = credential(
+                    p,
+                    lane,
+                    m,
+                    (l.token(), l.generation()),
+                    &parts,
+                    replay.as_ref(),
+                );
+                (l.generation(), cred)
+            }
+            Err(e) => return token_error(p, m, &e),
+        },
+    };
+    let cred = match cred {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
     let retry_parts = replay.as_ref().map(|_| clone_parts(&parts));
-    let mut resp = match send(p, worker, parts, first_body, replay.as_ref(), &lease).await {
+    let mut resp = match send(p, lane, m, parts, first_body, cred).await {
         Ok(r) => r,
         Err(e) => return e,
     };
     if p.retry_on.contains(&resp.status().as_u16()) {
         let rejected = resp.status().as_u16();
-        p.entry.invalidate(lease.generation());
+        p.entry.invalidate(generation);
         match (replay, retry_parts) {
             (Some(bytes), Some(again)) => {
                 drop(resp);
                 // Boxed: a second send in this future's state would double its size.
-                resp = match Box::pin(retry(p, worker, rejected, &lease, again, bytes)).await {
+                let retried = retry((p, lane, m), rejected, generation, again, bytes);
+                resp = match Box::pin(retried).await {
                     Ok(r) => r,
                     Err(e) => return e,
                 };
@@ -460,8 +552,8 @@ pub(crate) async fn forward(
         }
     }
     let status = resp.status().as_u16();
-    p.metrics.record_status(status);
-    p.metrics.record_latency(started.elapsed());
+    m.record_status(status);
+    m.record_latency(started.elapsed());
     log_forwarded(p, status, started);
     let mut out = resp;
     headers::strip_hop_by_hop(out.headers_mut());

@@ -10,24 +10,38 @@ pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Counters for one provider. Lock-free: every field is an atomic.
+/// Counters for one provider: one shard per worker thread, summed when rendered.
+///
+/// A worker counts a request in its own shard only, so the counters add no traffic between
+/// CPUs: with one shared set, every request's increments would move the counters' cache
+/// lines from one core to the other (nginx's workers, separate processes, share nothing
+/// either).
 #[derive(Debug)]
 pub(crate) struct ProviderMetrics {
+    shards: Box<[Counters]>,
+}
+
+/// One worker's counters for one provider. Lock-free: every field is an atomic. Aligned to
+/// two cache lines (the adjacent-line prefetcher pairs them) so that shards side by side
+/// never share one.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Counters {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub proxy_errors: AtomicU64,
     /// Requests refused for a missing or wrong local key (not counted as responses: they
     /// never reached the upstream and say nothing about its credential).
     pub local_key_rejections: AtomicU64,
-    status: Vec<AtomicU64>,
+    status: Box<[AtomicU64]>,
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
 }
 
-impl Default for ProviderMetrics {
+impl Default for Counters {
     fn default() -> Self {
-        ProviderMetrics {
+        Counters {
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             proxy_errors: AtomicU64::new(0),
@@ -40,7 +54,12 @@ impl Default for ProviderMetrics {
     }
 }
 
-impl ProviderMetrics {
+impl Counters {
+    /// Counts a request.
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_status(&self, status: u16) {
         if let Some(c) = self.status.get(usize::from(status)) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -57,6 +76,28 @@ impl ProviderMetrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl ProviderMetrics {
+    /// Counters with one shard per worker (at least one).
+    pub(crate) fn new(workers: usize) -> Self {
+        ProviderMetrics {
+            shards: (0..workers.max(1)).map(|_| Counters::default()).collect(),
+        }
+    }
+
+    /// The shard of worker `worker`.
+    pub(crate) fn shard(&self, worker: usize) -> &Counters {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    /// The sum of one counter over all shards.
+    pub(crate) fn total(&self, counter: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -91,8 +132,8 @@ fn per_provider(
     }
 }
 
-fn load(c: &AtomicU64) -> Option<String> {
-    Some(c.load(Ordering::Relaxed).to_string())
+fn load(m: &ProviderMetrics, counter: impl Fn(&Counters) -> &AtomicU64) -> Option<String> {
+    Some(m.total(counter).to_string())
 }
 
 /// Renders all providers' metrics.
@@ -106,7 +147,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             "counter",
             "Requests received per provider.",
         ),
-        |s| load(&s.metrics.requests),
+        |s| load(s.metrics, |c| &c.requests),
     );
     family(
         &mut out,
@@ -115,8 +156,8 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
         "Responses sent per provider and HTTP status (upstream or the proxy's own).",
     );
     for s in samples {
-        for (code, c) in s.metrics.status.iter().enumerate() {
-            let n = c.load(Ordering::Relaxed);
+        for code in 0..s.metrics.shard(0).status.len() {
+            let n = s.metrics.total(|c| &c.status[code]);
             if n > 0 {
                 let _ = writeln!(
                     out,
@@ -134,7 +175,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             "counter",
             "Requests retried once after the upstream rejected the credential.",
         ),
-        |s| load(&s.metrics.retries),
+        |s| load(s.metrics, |c| &c.retries),
     );
     per_provider(
         &mut out,
@@ -144,7 +185,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             "counter",
             "Requests answered with the proxy's own error (no token, upstream unreachable).",
         ),
-        |s| load(&s.metrics.proxy_errors),
+        |s| load(s.metrics, |c| &c.proxy_errors),
     );
     per_provider(
         &mut out,
@@ -154,7 +195,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             "counter",
             "Requests refused because the local key was missing or wrong.",
         ),
-        |s| load(&s.metrics.local_key_rejections),
+        |s| load(s.metrics, |c| &c.local_key_rejections),
     );
     per_provider(
         &mut out,
@@ -206,14 +247,14 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
         let m = s.metrics;
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += m.buckets[i].load(Ordering::Relaxed);
+            cumulative += m.total(|c| &c.buckets[i]);
             let _ = writeln!(
                 out,
                 "tokenrelay_upstream_latency_seconds_bucket{{provider=\"{}\",le=\"{bound}\"}} {cumulative}",
                 s.provider,
             );
         }
-        let count = m.latency_count.load(Ordering::Relaxed);
+        let count = m.total(|c| &c.latency_count);
         let _ = writeln!(
             out,
             "tokenrelay_upstream_latency_seconds_bucket{{provider=\"{}\",le=\"+Inf\"}} {count}",
@@ -223,7 +264,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             out,
             "tokenrelay_upstream_latency_seconds_sum{{provider=\"{}\"}} {:.6}",
             s.provider,
-            m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            m.total(|c| &c.latency_sum_us) as f64 / 1e6
         );
         let _ = writeln!(
             out,
@@ -240,12 +281,15 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_and_labels_are_providers_only() {
-        let m = ProviderMetrics::default();
-        for ms in [0.5, 3.0, 20_000.0] {
-            m.record_latency(Duration::from_secs_f64(ms / 1000.0));
+        let m = ProviderMetrics::new(2);
+        // Two workers' shards: the rendered counts are their sums.
+        for (worker, ms) in [(0, 0.5), (1, 3.0), (1, 20_000.0)] {
+            m.shard(worker)
+                .record_latency(Duration::from_secs_f64(ms / 1000.0));
         }
-        m.record_status(200);
-        m.record_status(401);
+        m.shard(0).record_status(200);
+        m.shard(1).record_status(401);
+        m.shard(0).record_status(401);
         let text = render(&[Sample {
             provider: "azure",
             metrics: &m,
@@ -260,7 +304,8 @@ mod tests {
             "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"10\"} 2",
             "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"+Inf\"} 3",
             "tokenrelay_upstream_latency_seconds_count{provider=\"azure\"} 3",
-            "tokenrelay_responses_total{provider=\"azure\",status=\"401\"} 1",
+            "tokenrelay_responses_total{provider=\"azure\",status=\"401\"} 2",
+            "tokenrelay_responses_total{provider=\"azure\",status=\"200\"} 1",
             "tokenrelay_token_expiry_seconds{provider=\"azure\"} 59.500",
             "tokenrelay_provider_ready{provider=\"azure\"} 1",
         ] {

@@ -39,7 +39,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -121,8 +120,6 @@ pub(crate) struct Provider {
     pub authority: http::uri::Authority,
     /// The upstream's base path without a trailing `/` (may be empty).
     pub base_path: String,
-    /// The `Host` header for the upstream (its authority).
-    pub host_header: HeaderValue,
     /// `Proxy-Authorization` for a plain-HTTP upstream reached through a forward proxy.
     pub proxy_auth: Option<HeaderValue>,
     pub prefix: Option<String>,
@@ -133,13 +130,32 @@ pub(crate) struct Provider {
     pub retry_on: Vec<u16>,
     pub min_remaining: Duration,
     pub style: ErrorStyle,
-    /// One HTTP client (and connection pool) per worker thread, for this provider's upstream.
-    pub clients: Vec<upstream::UpstreamClient>,
+    /// What each worker thread uses of this provider on every request (see [`Lane`]).
+    pub lanes: Box<[Lane]>,
     pub metrics: metrics::ProviderMetrics,
-    /// The injected header value for the current token generation.
-    pub header_value: ArcSwapOption<(u64, HeaderValue)>,
     /// `(region, service)` when requests are signed with SigV4 instead of carrying a header.
     pub sigv4: Option<(String, String)>,
+}
+
+impl Provider {
+    /// The lane of worker `worker`.
+    pub(crate) fn lane(&self, worker: usize) -> &Lane {
+        &self.lanes[worker % self.lanes.len()]
+    }
+}
+
+/// One worker thread's share of a provider: what a request needs to write, or to clone
+/// (a reference count is a write), held once per worker. Requests on different workers then
+/// touch no common cache line, as nginx's worker processes share none; one shared copy would
+/// move its lines between the CPUs on every request. Aligned to two cache lines (the
+/// adjacent-line prefetcher pairs them) so that lanes side by side never share one.
+#[repr(align(128))]
+pub(crate) struct Lane {
+    /// This worker's connection pool to the upstream, with its own copies of the upstream's
+    /// authority and `Host` header.
+    pub client: upstream::UpstreamClient,
+    /// The injected header value of the latest token generation this worker has used.
+    pub header_value: std::sync::Mutex<Option<(u64, HeaderValue)>>,
 }
 
 /// How a listener routes.
@@ -267,8 +283,11 @@ impl Proxy {
                 .trim_end_matches('/')
                 .to_owned();
             let (scheme, authority, base_path) = parse_upstream(&at, &upstream)?;
-            let clients: Vec<_> = (0..workers)
-                .map(|_| upstream::UpstreamClient::new(&egress, &settings))
+            let lanes = (0..workers)
+                .map(|_| Lane {
+                    client: upstream::UpstreamClient::new(&egress, &settings, &scheme, &authority),
+                    header_value: std::sync::Mutex::new(None),
+                })
                 .collect();
             let proxy_auth = egress.proxy_auth(&scheme, &authority);
             let entry = Cache::new(source).entry(p.request());
@@ -302,8 +321,6 @@ impl Proxy {
             providers.push(Arc::new(Provider {
                 name: p.name.as_str().into(),
                 upstream,
-                host_header: HeaderValue::from_str(authority.as_str())
-                    .map_err(|e| Error::config(format!("{at}.upstream"), e.to_string()))?,
                 scheme,
                 authority,
                 base_path,
@@ -316,9 +333,8 @@ impl Proxy {
                 retry_on: p.retry_on.clone(),
                 min_remaining: p.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING),
                 style: p.error_style(),
-                clients,
-                metrics: metrics::ProviderMetrics::default(),
-                header_value: ArcSwapOption::empty(),
+                lanes,
+                metrics: metrics::ProviderMetrics::new(workers),
                 sigv4,
             }));
         }
@@ -430,9 +446,10 @@ fn no_provider(router: &Router, path: &str) -> Response<ProxyBody> {
 
 #[cold]
 #[inline(never)]
-fn local_key_refused(provider: &Provider) -> Response<ProxyBody> {
+fn local_key_refused(provider: &Provider, worker: usize) -> Response<ProxyBody> {
     provider
         .metrics
+        .shard(worker)
         .local_key_rejections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     forward::error_response(
@@ -473,7 +490,7 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
     };
     if let Some(key) = &state.local_key {
         if !forward::has_local_key(req.headers(), key) {
-            return local_key_refused(provider);
+            return local_key_refused(provider, ctx.worker);
         }
     }
     forward::forward(state, provider, req, strip, ctx.worker).await

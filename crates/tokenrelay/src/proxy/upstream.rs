@@ -2,9 +2,11 @@
 //! worker thread, see [`UpstreamClient`]) over hyper's connection API, with a connector that
 //! honours `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and speaks TLS with rustls.
 //!
-//! The proxy sends every request to a URI it builds from parts it parsed once at start-up,
-//! so the hot path parses no URL (a general-purpose client such as reqwest re-parses and
-//! IDNA-normalises every URL it is given, which was ~6% of the proxy's CPU).
+//! A client serves one upstream origin, parsed once at start-up, and is given requests with
+//! an origin-form target (`/path?query`): the hot path parses no URL (a general-purpose
+//! client such as reqwest re-parses and IDNA-normalises every URL it is given, which was ~6%
+//! of the proxy's CPU) and builds an absolute one only where the protocol wants it (HTTP/2,
+//! a forward proxy).
 //!
 //! Connections, per destination:
 //! - no proxy applies (none set, or `NO_PROXY` matches the host): a direct TCP connection;
@@ -76,8 +78,18 @@ pub(crate) struct UpstreamClient {
     inner: Arc<Pool>,
 }
 
+// Aligned to two cache lines: each worker locks its own pool's idle list on every request,
+// and pools allocated side by side must not share a line.
+#[repr(align(128))]
 struct Pool {
     connector: hyper_rustls::HttpsConnector<ProxyConnector>,
+    /// The upstream's scheme and authority: this pool's own copies (see [`UpstreamClient::new`]).
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// `scheme://authority/`, what the connector is given.
+    origin: Uri,
+    /// The `Host` header for the upstream.
+    host: HeaderValue,
     h2c: bool,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -255,11 +267,36 @@ impl Egress {
 }
 
 impl UpstreamClient {
-    /// A client with an empty pool, connecting through `egress`.
-    pub(crate) fn new(egress: &Egress, settings: &ClientSettings) -> Self {
+    /// A client with an empty pool for the upstream at `scheme` and `authority`, connecting
+    /// through `egress`.
+    ///
+    /// The client keeps copies of the authority and its `Host` header of its own, not clones
+    /// sharing a reference count with other workers' clients: every request clones them.
+    pub(crate) fn new(
+        egress: &Egress,
+        settings: &ClientSettings,
+        scheme: &http::uri::Scheme,
+        authority: &http::uri::Authority,
+    ) -> Self {
+        let text = authority.as_str();
+        let authority =
+            http::uri::Authority::from_maybe_shared(Bytes::copy_from_slice(text.as_bytes()))
+                .unwrap_or_else(|_| authority.clone());
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
+        // An authority is visible ASCII, always a valid header value.
+        let host = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
         UpstreamClient {
             inner: Arc::new(Pool {
                 connector: egress.connector.clone(),
+                scheme: scheme.clone(),
+                authority,
+                origin,
+                host,
                 h2c: settings.h2c,
                 connect_timeout: settings.connect_timeout,
                 idle_timeout: settings.pool_idle_timeout,
@@ -267,6 +304,25 @@ impl UpstreamClient {
                 h2: Mutex::new(None),
             }),
         }
+    }
+
+    /// The `Host` header value for the upstream (this client's own copy).
+    pub(crate) fn host(&self) -> &HeaderValue {
+        &self.inner.host
+    }
+
+    /// `target` (origin-form) as an absolute URI on this client's upstream.
+    fn absolute(&self, target: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.inner.scheme.clone());
+        parts.authority = Some(self.inner.authority.clone());
+        parts.path_and_query = Some(
+            target
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).unwrap_or_else(|_| target.clone())
     }
 
     /// Takes the most recently used idle HTTP/1.1 connection, dropping those idle too long.
@@ -285,8 +341,8 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req`, whose URI is absolute (`scheme://authority/path?query`) and which carries
-    /// its `Host` header.
+    /// Sends `req`, whose URI is the origin-form target (`/path?query`) and which carries its
+    /// `Host` header.
     ///
     /// The common case, an idle HTTP/1.1 connection, runs inline; the shared HTTP/2
     /// connection and a new connection are separate boxed futures. Their states (a connector,
@@ -303,19 +359,22 @@ impl UpstreamClient {
             .filter(|tx| !tx.is_closed())
             .cloned();
         if let Some(tx) = h2 {
-            match Box::pin(send_h2(tx, req)).await {
+            match Box::pin(self.send_h2(tx, req)).await {
                 Ok(sent) => return sent,
                 Err(back) => req = back,
             }
         }
         // An idle HTTP/1.1 connection.
         while let Some(mut h1) = self.checkout() {
-            let absolute = std::mem::replace(req.uri_mut(), Uri::from_static("/"));
-            *req.uri_mut() = request_target(&absolute, h1.proxied);
+            if h1.proxied {
+                *req.uri_mut() = self.absolute(req.uri());
+            }
             match h1.attempt(req).await {
                 Attempt::Done(resp) => return Ok(self.response(resp, h1)),
                 Attempt::Again(mut r) => {
-                    *r.uri_mut() = absolute;
+                    if h1.proxied {
+                        *r.uri_mut() = origin_form(r.uri());
+                    }
                     req = r;
                 }
                 Attempt::Failed(e) => return Err(SendError::Http(e)),
@@ -331,10 +390,9 @@ impl UpstreamClient {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let pool = &self.inner;
-        let absolute = req.uri().clone();
         let io = tokio::time::timeout(
             pool.connect_timeout,
-            tower_service::Service::call(&mut pool.connector.clone(), absolute.clone()),
+            tower_service::Service::call(&mut pool.connector.clone(), pool.origin.clone()),
         )
         .await
         .map_err(|_| {
@@ -357,6 +415,7 @@ impl UpstreamClient {
                 }
             });
             *lock(&pool.h2) = Some(tx.clone());
+            *req.uri_mut() = self.absolute(req.uri());
             let resp = tx.send_request(req).await.map_err(SendError::Http)?;
             return Ok(resp.map(PooledBody::spawned));
         }
@@ -372,7 +431,9 @@ impl UpstreamClient {
             conn: Some(conn),
             proxied,
         });
-        *req.uri_mut() = request_target(&absolute, proxied);
+        if proxied {
+            *req.uri_mut() = self.absolute(req.uri());
+        }
         match h1.attempt(req).await {
             Attempt::Done(resp) => Ok(self.response(resp, h1)),
             Attempt::Again(_) => Err(SendError::Connect(Box::new(std::io::Error::new(
@@ -419,29 +480,33 @@ impl UpstreamClient {
     }
 }
 
-/// Sends `req` on the shared HTTP/2 connection `tx`; hands the request back when it was not
-/// sent (the connection is closing), so that another connection can take it.
-async fn send_h2(
-    mut tx: http2::SendRequest<UpstreamBody>,
-    req: Request<UpstreamBody>,
-) -> std::result::Result<Result<Response<PooledBody>, SendError>, Request<UpstreamBody>> {
-    if tx.ready().await.is_err() {
-        return Err(req);
-    }
-    match Attempt::of(tx.try_send_request(req).await) {
-        Attempt::Done(resp) => Ok(Ok(resp.map(PooledBody::spawned))),
-        Attempt::Again(r) => Err(r),
-        Attempt::Failed(e) => Ok(Err(SendError::Http(e))),
+impl UpstreamClient {
+    /// Sends `req` (origin-form) on the shared HTTP/2 connection `tx`; hands the request back
+    /// (origin-form again) when it was not sent (the connection is closing), so that another
+    /// connection can take it.
+    async fn send_h2(
+        &self,
+        mut tx: http2::SendRequest<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
+    ) -> std::result::Result<Result<Response<PooledBody>, SendError>, Request<UpstreamBody>> {
+        if tx.ready().await.is_err() {
+            return Err(req);
+        }
+        *req.uri_mut() = self.absolute(req.uri());
+        match Attempt::of(tx.try_send_request(req).await) {
+            Attempt::Done(resp) => Ok(Ok(resp.map(PooledBody::spawned))),
+            Attempt::Again(mut r) => {
+                *r.uri_mut() = origin_form(r.uri());
+                Err(r)
+            }
+            Attempt::Failed(e) => Ok(Err(SendError::Http(e))),
+        }
     }
 }
 
-/// The HTTP/1.1 request target: absolute-form to a forward proxy, origin-form otherwise.
-fn request_target(absolute: &Uri, proxied: bool) -> Uri {
-    if proxied {
-        return absolute.clone();
-    }
-    absolute
-        .path_and_query()
+/// The origin-form target (`/path?query`) of `uri`.
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
         .cloned()
         .map_or_else(|| Uri::from_static("/"), Uri::from)
 }
@@ -714,6 +779,8 @@ mod tests {
                 pool_idle_timeout: Duration::from_secs(90),
                 h2c: false,
             },
+            &http::uri::Scheme::HTTP,
+            &http::uri::Authority::from_static("127.0.0.1:9"),
         );
         let req = Request::new(Either::Left(Full::new(Bytes::new())));
         let fut = client.send(req);
