@@ -1,10 +1,16 @@
 # Shared by bench/run and bench/instructions (sourced, not run). Needs APT_LOG set to the file
 # that apt-get's output goes to.
 
-free_port() { # a loopback port nobody listens on (bounded tries)
-    local i p
+# A loopback port nobody listens on, below the kernel's ephemeral range: a port in that range can
+# be held by an outgoing connection (wrk's, a proxy's to the upstream), which the probe below does
+# not see and which makes the later bind fail (seen once: "Address already in use"). Bounded tries.
+free_port() {
+    local i p lo=32768 rest span
+    read -r lo rest </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    span=$((lo - 10000))
+    ((span >= 1000)) || span=40000 # an unusual range: any port from 10000 on, as before
     for ((i = 0; i < 100; i++)); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % span))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
