@@ -497,32 +497,18 @@ pub(crate) async fn forward(
     };
 
     // The token, lent from memory: no reference count to share with the other workers.
+    let credential_of = |token: &Token, generation: u64| {
+        let cred = credential(p, lane, m, (token, generation), &parts, replay.as_ref());
+        (generation, cred)
+    };
     let lent = p.entry.lend_with_min_remaining(p.min_remaining, |t| {
-        let cred = credential(
-            p,
-            lane,
-            m,
-            (t.token(), t.generation()),
-            &parts,
-            replay.as_ref(),
-        );
-        (t.generation(), cred)
+        credential_of(t.token(), t.generation())
     });
     let (generation, cred) = match lent {
         Some(x) => x,
         // Boxed: waiting for an acquisition is rare, and its future is large.
         None => match Box::pin(p.entry.get_with_min_remaining(p.min_remaining)).await {
-            Ok(l) => {
-                let cred = credential(
-                    p,
-                    lane,
-                    m,
-                    (l.token(), l.generation()),
-                    &parts,
-                    replay.as_ref(),
-                );
-                (l.generation(), cred)
-            }
+            Ok(l) => credential_of(l.token(), l.generation()),
             Err(e) => return token_error(p, m, &e),
         },
     };

@@ -883,27 +883,60 @@ mod tests {
         }
     }
 
-    fn setup(signals: usize) -> (Option<Conn>, Arc<Relay>, Waker, Arc<AtomicUsize>) {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let relay = Relay::new();
-        let waker = Waker::from(relay.clone());
-        let conn = Conn {
-            signals,
-            polls: polls.clone(),
-        };
-        (Some(conn), relay, waker, polls)
+    /// A connection stand-in with its relay, and a task that counts its wake-ups.
+    struct Rig {
+        slot: Option<Conn>,
+        relay: Arc<Relay>,
+        waker: Waker,
+        polls: Arc<AtomicUsize>,
+        task: Arc<Counted>,
+        task_waker: Waker,
+    }
+
+    impl Rig {
+        fn new(signals: usize) -> Self {
+            let polls = Arc::new(AtomicUsize::new(0));
+            let relay = Relay::new();
+            let task = Arc::new(Counted::default());
+            Rig {
+                slot: Some(Conn {
+                    signals,
+                    polls: polls.clone(),
+                }),
+                waker: Waker::from(relay.clone()),
+                relay,
+                polls,
+                task_waker: Waker::from(task.clone()),
+                task,
+            }
+        }
+
+        fn drive<T>(&mut self, progress: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+            let mut cx = Context::from_waker(&self.task_waker);
+            drive(
+                (&mut self.slot, &self.relay, &self.waker),
+                &mut cx,
+                progress,
+            )
+        }
+
+        fn polls(&self) -> usize {
+            self.polls.load(Ordering::SeqCst)
+        }
+
+        fn task_wakes(&self) -> usize {
+            self.task.0.load(Ordering::SeqCst)
+        }
     }
 
     #[test]
     fn a_signal_during_drive_polls_the_connection_again_instead_of_waking_the_task() {
-        let (mut slot, relay, waker, polls) = setup(0);
-        let task = Arc::new(Counted::default());
-        let task_waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&task_waker);
+        let mut rig = Rig::new(0);
+        let (polls, waker) = (rig.polls.clone(), rig.waker.clone());
         // `progress` asks the connection for more (a wake-up through the relay) on its
         // first poll after the connection's first poll, then is ready after the second.
         let mut seen = 0;
-        let out = drive((&mut slot, &relay, &waker), &mut cx, |_| {
+        let out = rig.drive(|_| {
             seen += 1;
             match (polls.load(Ordering::SeqCst), seen) {
                 (1, 2) => {
@@ -915,26 +948,22 @@ mod tests {
             }
         });
         assert_eq!(out, Poll::Ready("done"));
-        assert_eq!(polls.load(Ordering::SeqCst), 2, "polled again, inline");
-        assert_eq!(task.0.load(Ordering::SeqCst), 0, "the task was not woken");
+        assert_eq!(rig.polls(), 2, "polled again, inline");
+        assert_eq!(rig.task_wakes(), 0, "the task was not woken");
     }
 
     #[test]
     fn a_quiet_connection_leaves_the_task_to_the_network_and_wakes_it_from_there() {
-        let (mut slot, relay, waker, polls) = setup(0);
-        let task = Arc::new(Counted::default());
-        let task_waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&task_waker);
-        let out: Poll<()> = drive((&mut slot, &relay, &waker), &mut cx, |_| Poll::Pending);
-        assert!(out.is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), 1);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        let mut rig = Rig::new(0);
+        assert!(rig.drive(|_| Poll::<()>::Pending).is_pending());
+        assert_eq!(rig.polls(), 1);
+        assert_eq!(rig.task_wakes(), 0);
         // The socket becomes readable: the relay passes the wake-up on, once.
-        waker.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
-        waker.wake_by_ref();
+        rig.waker.wake_by_ref();
+        assert_eq!(rig.task_wakes(), 1);
+        rig.waker.wake_by_ref();
         assert_eq!(
-            task.0.load(Ordering::SeqCst),
+            rig.task_wakes(),
             1,
             "taken until the next drive registers the task again"
         );
@@ -942,30 +971,19 @@ mod tests {
 
     #[test]
     fn a_connection_that_keeps_signalling_itself_is_left_to_a_task_wake_up() {
-        let (mut slot, relay, waker, polls) = setup(1);
-        let task = Arc::new(Counted::default());
-        let task_waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&task_waker);
-        let out: Poll<()> = drive((&mut slot, &relay, &waker), &mut cx, |_| Poll::Pending);
-        assert!(out.is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), MAX_DRIVE_ROUNDS);
-        assert_eq!(
-            task.0.load(Ordering::SeqCst),
-            1,
-            "the task is woken to come back later"
-        );
+        let mut rig = Rig::new(1);
+        assert!(rig.drive(|_| Poll::<()>::Pending).is_pending());
+        assert_eq!(rig.polls(), MAX_DRIVE_ROUNDS);
+        assert_eq!(rig.task_wakes(), 1, "the task is woken to come back later");
     }
 
     #[test]
     fn an_idle_connection_in_the_pool_wakes_no_task() {
-        let (mut slot, relay, waker, _) = setup(0);
-        let task = Arc::new(Counted::default());
-        let task_waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&task_waker);
-        let _: Poll<()> = drive((&mut slot, &relay, &waker), &mut cx, |_| Poll::Pending);
-        drop(relay.task.take()); // what put_back does
-        waker.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        let mut rig = Rig::new(0);
+        let _ = rig.drive(|_| Poll::<()>::Pending);
+        drop(rig.relay.task.take()); // what put_back does
+        rig.waker.wake_by_ref();
+        assert_eq!(rig.task_wakes(), 0);
     }
 
     /// The future of the common path stays small: the new-connection and HTTP/2 paths are
