@@ -418,11 +418,7 @@ fn upstream_target(p: &Provider, uri: http::Uri, strip: usize) -> Option<http::U
         if uri.scheme().is_none() && uri.authority().is_none() {
             return Some(uri);
         }
-        return Some(
-            uri.path_and_query()
-                .cloned()
-                .map_or_else(|| http::Uri::from_static("/"), http::Uri::from),
-        );
+        return Some(super::upstream::origin_form(&uri));
     }
     let rest = uri.path().get(strip..).unwrap_or("");
     let query = uri.query();

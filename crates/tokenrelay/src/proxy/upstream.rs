@@ -88,8 +88,6 @@ struct Pool {
     /// The upstream's scheme and authority: this pool's own copies (see [`UpstreamClient::new`]).
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
-    /// `scheme://authority/`, what the connector is given.
-    origin: Uri,
     /// The `Host` header for the upstream.
     host: HeaderValue,
     h2c: bool,
@@ -284,8 +282,7 @@ impl H1 {
         // Handing the request over wakes the connection: `drive` polls it right below.
         self.relay.quiet.store(true, Ordering::SeqCst);
         let mut sent = std::pin::pin!(self.tx.try_send_request(req));
-        let driven = (&mut self.conn, &*self.relay, &self.waker);
-        let (conn, relay, waker) = driven;
+        let (conn, relay, waker) = (&mut self.conn, &*self.relay, &self.waker);
         Attempt::of(
             std::future::poll_fn(|cx| drive((conn, relay, waker), cx, |cx| sent.as_mut().poll(cx)))
                 .await,
@@ -373,12 +370,6 @@ impl UpstreamClient {
         let authority =
             http::uri::Authority::from_maybe_shared(Bytes::copy_from_slice(text.as_bytes()))
                 .unwrap_or_else(|_| authority.clone());
-        let origin = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .unwrap_or_default();
         // An authority is visible ASCII, always a valid header value.
         let host = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
         UpstreamClient {
@@ -386,7 +377,6 @@ impl UpstreamClient {
                 connector: egress.connector.clone(),
                 scheme: scheme.clone(),
                 authority,
-                origin,
                 host,
                 h2c: settings.h2c,
                 connect_timeout: settings.connect_timeout,
@@ -483,7 +473,11 @@ impl UpstreamClient {
         let pool = &self.inner;
         let io = tokio::time::timeout(
             pool.connect_timeout,
-            tower_service::Service::call(&mut pool.connector.clone(), pool.origin.clone()),
+            // The connector needs only the scheme and authority: `scheme://authority/`.
+            tower_service::Service::call(
+                &mut pool.connector.clone(),
+                self.absolute(&Uri::default()),
+            ),
         )
         .await
         .map_err(|_| {
@@ -594,7 +588,7 @@ impl UpstreamClient {
 }
 
 /// The origin-form target (`/path?query`) of `uri`.
-fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
     uri.path_and_query()
         .cloned()
         .map_or_else(|| Uri::from_static("/"), Uri::from)
