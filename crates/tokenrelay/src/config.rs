@@ -41,6 +41,31 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// start in its last 2 minutes, so a 2-minute stream never outlives its credential.
 pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(120);
 
+/// Default time a client has to send a request's headers (30 s), counted from when the
+/// connection is ready for a request: a new connection, or a keep-alive one after its last
+/// response. So it is also how long an idle HTTP/1.1 keep-alive connection is kept, and a
+/// client that never finishes its headers (slowloris) is closed after 30 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default time an HTTP/2 connection may go without a new request before it is closed
+/// gracefully (5 min): streams still running finish first (GOAWAY), so a long stream is never
+/// cut; the client opens a new connection for its next request.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default cap on connections open at once per listener (4096): past it a new connection is
+/// answered `503` and closed, and counted in `tokenrelay_connections_refused_total`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Default time an upstream has to send response headers once the request is sent (10 min):
+/// an upstream that accepts and never answers gets `504`. Streams are not bounded by it
+/// once their headers have arrived.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Default shortest time between two refreshes forced by a `retry_on` answer (5 s): a flood
+/// of 403s that are not about the credential (a missing permission) costs one acquisition
+/// per 5 s, not one per request; inside the interval the answer is passed through.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +85,25 @@ pub struct Config {
     /// PEM bundle of extra CA certificates trusted for upstream TLS (besides the system roots).
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+    /// `Host` values served besides loopback names when no local key is set (`"name"` for
+    /// any port, `"name:port"` for one, `"*"` for any): for a proxy reached by another name.
+    /// Without it a request with a foreign `Host` (DNS rebinding) gets 421.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`"http://localhost:3000"`) whose requests are served; a request with
+    /// any other `Origin` (or `Sec-Fetch-Site: cross-site`/`same-site`) gets 403. CORS
+    /// preflights of an allowed origin are answered by the proxy itself.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// See [`DEFAULT_HEADER_READ_TIMEOUT`].
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// See [`DEFAULT_MAX_CONNECTIONS`].
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Providers.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
@@ -95,6 +139,12 @@ pub struct ProviderConfig {
     /// See [`DEFAULT_MIN_REMAINING`].
     #[serde(default, with = "humantime_serde")]
     pub min_remaining: Option<Duration>,
+    /// See [`DEFAULT_UPSTREAM_TIMEOUT`].
+    #[serde(default, with = "humantime_serde")]
+    pub upstream_timeout: Option<Duration>,
+    /// See [`DEFAULT_MIN_REFRESH_INTERVAL`].
+    #[serde(default, with = "humantime_serde")]
+    pub min_refresh_interval: Option<Duration>,
     /// Error body shape for the proxy's own errors (default: `anthropic` with `x-api-key`,
     /// else `openai`).
     #[serde(default)]
