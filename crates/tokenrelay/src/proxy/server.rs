@@ -36,6 +36,9 @@ const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// off from 5 ms, doubling, instead of spinning on a socket it cannot accept from.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long a connection refused past `max_connections` may take to read its 503 (500 ms).
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
 /// Connection limits and timeouts, the same for every listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -305,7 +308,7 @@ async fn accept_loop(
                 if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
                     open.fetch_sub(1, Ordering::AcqRel);
                     metrics.conns_refused.fetch_add(1, Ordering::Relaxed);
-                    refuse_connection(&stream, limits.max_connections);
+                    refuse_connection(stream, limits.max_connections);
                     continue;
                 }
                 metrics.open.fetch_add(1, Ordering::Relaxed);
@@ -357,12 +360,14 @@ fn accept_failed(e: &std::io::Error, backoff: Duration) {
     }
 }
 
-/// Answers a connection past `max_connections` with a 503 and closes it, without reading it.
-/// The answer is small enough for an empty socket buffer; a client that cannot take it simply
-/// sees the close.
+/// Answers a connection past `max_connections` with a 503 and closes it. The close lingers
+/// for at most [`REFUSAL_LINGER`], reading (and dropping) what the client sent, so that the
+/// kernel ends the connection with a FIN after the answer rather than a reset that could
+/// destroy it.
 #[cold]
 #[inline(never)]
-fn refuse_connection(stream: &TcpStream, max: usize) {
+fn refuse_connection(stream: TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tracing::warn!(
         max_connections = max,
         "connection refused: too many open connections"
@@ -374,7 +379,23 @@ fn refuse_connection(stream: &TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(answer.as_bytes());
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024;
+            while left > 0 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => left -= n.min(left),
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
 }
 
 /// The connections of one accept loop, told once to finish gracefully when shutdown begins.
