@@ -594,6 +594,8 @@ impl Config {
     /// # Errors
     /// The first problem, with its key path.
     pub fn validate(&self, origin: &str) -> Result<()> {
+        crate::proxy::check_listener_settings(self)
+            .map_err(|e| Error::config(origin.to_owned(), e.to_string()))?;
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -630,6 +632,12 @@ impl Config {
                         "duplicate path prefix",
                     ));
                 }
+            }
+            if p.upstream_timeout.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(
+                    format!("{at}.upstream_timeout"),
+                    "must be more than 0s",
+                ));
             }
             for status in &p.retry_on {
                 if !(400..=599).contains(status) {
@@ -781,6 +789,11 @@ name = "ANTHROPIC_TOKEN"
             ("[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"nope\"\n", "unknown source kind"),
             ("[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"command\"\ncommand = \"x\"\ntimeout = \"soon\"\n", "timeout"),
             ("[[provider]]\nname = \"a\"\ninject = { header = \"X\", template = \"Bearer\" }\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "{token}"),
+            ("allowed_origins = [\"localhost:3000\"]\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "allowed_origins"),
+            ("allowed_hosts = [\"a b\"]\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "allowed_hosts"),
+            ("max_connections = 0\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "max_connections"),
+            ("header_read_timeout = \"0s\"\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "header_read_timeout"),
+            ("[[provider]]\nname = \"a\"\nupstream_timeout = \"0s\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "upstream_timeout"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();

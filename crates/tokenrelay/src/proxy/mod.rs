@@ -121,6 +121,27 @@ impl Default for ProxyOptions {
     }
 }
 
+/// Checks the listener settings of `cfg` (`allowed_hosts`, `allowed_origins`, timeouts,
+/// `max_connections`), as [`Proxy::new`] will use them.
+///
+/// # Errors
+/// A config error naming the key.
+pub(crate) fn check_listener_settings(cfg: &Config) -> Result<()> {
+    guard::Guard::new(false, &cfg.allowed_hosts, &cfg.allowed_origins)?;
+    for (key, d) in [
+        ("header_read_timeout", cfg.header_read_timeout),
+        ("idle_timeout", cfg.idle_timeout),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(key, "must be more than 0s"));
+        }
+    }
+    if cfg.max_connections == Some(0) {
+        return Err(Error::config("max_connections", "must be at least 1"));
+    }
+    Ok(())
+}
+
 /// One provider at run time.
 pub(crate) struct Provider {
     pub name: Arc<str>,
