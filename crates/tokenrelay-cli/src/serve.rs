@@ -59,9 +59,24 @@ pub(crate) struct RunArgs {
     provider: ProviderArgs,
     #[command(flatten)]
     proxy: ProxyArgs,
+    /// Pass this variable to the command although tokenrelay reads a credential from it
+    /// (repeatable). By default the command gets none of them.
+    #[arg(long, value_name = "VAR")]
+    keep_env: Vec<String>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// The variables kept from `run`'s child: what the configured sources and the local key are
+/// read from (the child gets the base URLs and a key of its own instead), minus `keep`.
+fn withheld_env(cfg: &tokenrelay::config::Config, p: &ProxyArgs, keep: &[String]) -> Vec<String> {
+    let mut vars = cfg.credential_env_vars();
+    vars.extend(p.local_key_env.iter().cloned());
+    vars.retain(|v| !keep.contains(v));
+    vars.sort_unstable();
+    vars.dedup();
+    vars
 }
 
 fn options(p: &ProxyArgs) -> Result<ProxyOptions, Failure> {
@@ -179,6 +194,19 @@ pub(crate) async fn run(a: RunArgs) -> CmdResult {
         .split_first()
         .ok_or_else(|| Failure::usage("run: no command given after --"))?;
     let mut cmd = tokio::process::Command::new(prog);
+    let withheld: Vec<String> = withheld_env(&cfg, &a.proxy, &a.keep_env)
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
+    if !withheld.is_empty() {
+        tracing::info!(
+            variables = %withheld.join(" "),
+            "not passing the credential variables tokenrelay uses to the command (--keep-env VAR passes one)"
+        );
+    }
+    for v in &withheld {
+        cmd.env_remove(v);
+    }
     cmd.args(args)
         .env("TOKENRELAY_URL", &base)
         .env("TOKENRELAY_LOCAL_KEY", &key)

@@ -457,6 +457,61 @@ impl SourceConfig {
         }
     }
 
+    /// The environment variables this source reads credentials from: its `*_env` keys and
+    /// the standard variables of its kind (`ACTIONS_ID_TOKEN_REQUEST_TOKEN`, `IDENTITY_HEADER`,
+    /// …), nested sources included. `tokenrelay run` keeps them from the child it wraps, so
+    /// the child cannot mint tokens with tokenrelay's identity.
+    ///
+    /// ```
+    /// use tokenrelay::config::Config;
+    /// let cfg = Config::from_toml(
+    ///     "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"oauth2\"\ntoken_url = \"https://idp/token\"\nclient_id = \"c\"\nclient_secret_env = \"MY_SECRET\"\n",
+    ///     "t.toml",
+    /// )
+    /// .unwrap();
+    /// assert_eq!(cfg.providers[0].source.credential_env_vars(), ["MY_SECRET"]);
+    /// ```
+    pub fn credential_env_vars(&self) -> Vec<String> {
+        const GITHUB_OIDC: &[&str] = &[
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+        ];
+        const MANAGED_IDENTITY: &[&str] = &[
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "MSI_ENDPOINT",
+            "MSI_SECRET",
+        ];
+        let named = |vars: &[&Option<String>]| -> Vec<String> {
+            vars.iter().filter_map(|v| v.as_ref().cloned()).collect()
+        };
+        let standard =
+            |vars: &[&str]| -> Vec<String> { vars.iter().map(|v| (*v).to_owned()).collect() };
+        match self {
+            SourceConfig::Static(c) => named(&[&c.value_env]),
+            SourceConfig::Env(c) => vec![c.name.clone()],
+            SourceConfig::File(_) | SourceConfig::Command(_) | SourceConfig::Plugin(_) => vec![],
+            SourceConfig::AzureCli(_) => vec![],
+            SourceConfig::OAuth2(c) => named(&[&c.client_secret_env]),
+            SourceConfig::RefreshToken(c) => named(&[&c.client_secret_env, &c.refresh_token_env]),
+            SourceConfig::EntraFederated(_) => standard(&["AZURE_FEDERATED_TOKEN_FILE"]),
+            SourceConfig::GithubOidc(_) | SourceConfig::GithubOidcEntra(_) => standard(GITHUB_OIDC),
+            SourceConfig::ManagedIdentity(_) => standard(MANAGED_IDENTITY),
+            SourceConfig::AwsWebIdentity(c) => {
+                let mut v = standard(&["AWS_WEB_IDENTITY_TOKEN_FILE"]);
+                if let Some(inner) = &c.web_identity {
+                    v.extend(inner.credential_env_vars());
+                }
+                v
+            }
+            SourceConfig::TokenExchange(c) => {
+                let mut v = named(&[&c.client_secret_env]);
+                v.extend(c.subject.credential_env_vars());
+                v
+            }
+        }
+    }
+
     /// Builds the source. `env` is where standard variables are read from.
     ///
     /// # Errors
@@ -661,6 +716,19 @@ impl Config {
         Ok(())
     }
 
+    /// The environment variables tokenrelay reads credentials from with this file: the local
+    /// key's `local_key_env` and every provider's [`SourceConfig::credential_env_vars`],
+    /// sorted, without repeats.
+    pub fn credential_env_vars(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.local_key_env.iter().cloned().collect();
+        for p in &self.providers {
+            v.extend(p.source.credential_env_vars());
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// The provider called `name`, or the only one when `name` is `None`.
     ///
     /// # Errors
@@ -828,6 +896,45 @@ name = "ANTHROPIC_TOKEN"
             err,
             "p.source.value_env: invalid configuration: environment variable UNSET_X is not set"
         );
+    }
+
+    #[test]
+    fn credential_env_vars_of_each_kind() {
+        let vars = |source: &str| {
+            let text = format!(
+                "local_key_env = \"LK\"\n[[provider]]\nname = \"a\"\n[provider.source]\n{source}\n"
+            );
+            Config::from_toml(&text, "t").unwrap().credential_env_vars()
+        };
+        let table: &[(&str, &[&str])] = &[
+            ("kind = \"env\"\nname = \"TOK\"", &["LK", "TOK"]),
+            ("kind = \"static\"\nvalue_env = \"V\"", &["LK", "V"]),
+            ("kind = \"command\"\ncommand = \"x\"", &["LK"]),
+            (
+                "kind = \"refresh-token\"\ntoken_url = \"https://i/t\"\nrefresh_token_env = \"RT\"\nclient_secret_env = \"CS\"",
+                &["CS", "LK", "RT"],
+            ),
+            (
+                "kind = \"github-oidc-entra\"\ntenant_id = \"t\"\nclient_id = \"c\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "LK"],
+            ),
+            (
+                "kind = \"managed-identity\"",
+                &["IDENTITY_ENDPOINT", "IDENTITY_HEADER", "LK", "MSI_ENDPOINT", "MSI_SECRET"],
+            ),
+            ("kind = \"entra-federated\"", &["AZURE_FEDERATED_TOKEN_FILE", "LK"]),
+            (
+                "kind = \"token-exchange\"\ntoken_url = \"https://i/t\"\nclient_secret_env = \"CS\"\n[provider.source.subject]\nkind = \"github-oidc\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "CS", "LK"],
+            ),
+            (
+                "kind = \"aws-web-identity\"\n[provider.source.web_identity]\nkind = \"env\"\nname = \"WI\"",
+                &["AWS_WEB_IDENTITY_TOKEN_FILE", "LK", "WI"],
+            ),
+        ];
+        for (source, want) in table {
+            assert_eq!(vars(source), *want, "{source}");
+        }
     }
 
     #[test]
