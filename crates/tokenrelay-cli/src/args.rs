@@ -136,6 +136,11 @@ impl ProviderArgs {
                     local_key_env: None,
                     local_key_file: None,
                     ca_bundle: self.ca_bundle.clone(),
+                    allowed_hosts: Vec::new(),
+                    allowed_origins: Vec::new(),
+                    header_read_timeout: None,
+                    idle_timeout: None,
+                    max_connections: None,
                     providers: vec![ProviderConfig {
                         name: self.provider.clone().unwrap_or_else(|| "default".into()),
                         upstream: self.upstream.clone(),
@@ -150,6 +155,8 @@ impl ProviderArgs {
                             self.retry_on.clone()
                         },
                         min_remaining: self.min_remaining,
+                        upstream_timeout: None,
+                        min_refresh_interval: None,
                         error_style: None,
                         aws_region: None,
                         aws_service: None,

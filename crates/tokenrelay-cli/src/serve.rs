@@ -35,6 +35,14 @@ pub(crate) struct ProxyArgs {
     /// Worker threads, each serving its connections start to finish (default: one per CPU).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Also serve requests whose Host is HOST (any port) or HOST:PORT, besides 127.0.0.1,
+    /// localhost and [::1] ("*": any Host). Repeatable; adds to allowed_hosts.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_hosts: Vec<String>,
+    /// Serve requests from web pages of ORIGIN (scheme://host[:port]) and answer their CORS
+    /// preflights. Repeatable; adds to allowed_origins.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -51,9 +59,24 @@ pub(crate) struct RunArgs {
     provider: ProviderArgs,
     #[command(flatten)]
     proxy: ProxyArgs,
+    /// Pass this variable to the command although tokenrelay reads a credential from it
+    /// (repeatable). By default the command gets none of them.
+    #[arg(long, value_name = "VAR")]
+    keep_env: Vec<String>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// The variables kept from `run`'s child: what the configured sources and the local key are
+/// read from (the child gets the base URLs and a key of its own instead), minus `keep`.
+fn withheld_env(cfg: &tokenrelay::config::Config, p: &ProxyArgs, keep: &[String]) -> Vec<String> {
+    let mut vars = cfg.credential_env_vars();
+    vars.extend(p.local_key_env.iter().cloned());
+    vars.retain(|v| !keep.contains(v));
+    vars.sort_unstable();
+    vars.dedup();
+    vars
 }
 
 fn options(p: &ProxyArgs) -> Result<ProxyOptions, Failure> {
@@ -67,6 +90,8 @@ fn options(p: &ProxyArgs) -> Result<ProxyOptions, Failure> {
         p.shutdown_grace
     };
     o.upstream_h2c = p.upstream_h2c;
+    o.allowed_hosts.clone_from(&p.allow_hosts);
+    o.allowed_origins.clone_from(&p.allow_origins);
     if let Some(n) = p.workers {
         if n == 0 {
             return Err(Failure::usage("--workers must be at least 1"));
@@ -98,7 +123,23 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Raises the soft open-file limit to the hard one, as Go's runtime does for every program
+/// and nginx's `worker_rlimit_nofile` for its workers: each client and upstream connection is
+/// a descriptor, and the usual soft limit (1024) is below the default `max_connections`.
+/// Only `serve` does this; `run` leaves its child the limits it was given.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
+    raise_fd_limit();
     let cfg = a.provider.load()?;
     let opts = options(&a.proxy)?;
     let proxy = Proxy::new(&cfg, &process_env(), opts)?;
@@ -153,6 +194,19 @@ pub(crate) async fn run(a: RunArgs) -> CmdResult {
         .split_first()
         .ok_or_else(|| Failure::usage("run: no command given after --"))?;
     let mut cmd = tokio::process::Command::new(prog);
+    let withheld: Vec<String> = withheld_env(&cfg, &a.proxy, &a.keep_env)
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
+    if !withheld.is_empty() {
+        tracing::info!(
+            variables = %withheld.join(" "),
+            "not passing the credential variables tokenrelay uses to the command (--keep-env VAR passes one)"
+        );
+    }
+    for v in &withheld {
+        cmd.env_remove(v);
+    }
     cmd.args(args)
         .env("TOKENRELAY_URL", &base)
         .env("TOKENRELAY_LOCAL_KEY", &key)

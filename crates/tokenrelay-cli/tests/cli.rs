@@ -262,7 +262,7 @@ fn serve_stops_gracefully_on_sigterm() {
     for _ in 0..100 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .unwrap();
             let mut r = String::new();
             s.read_to_string(&mut r).unwrap();
@@ -283,4 +283,83 @@ fn nix_kill(pid: u32) {
         .arg(pid.to_string())
         .status()
         .unwrap();
+}
+
+/// `run` keeps from its child the variables tokenrelay mints tokens with (here a GitHub
+/// Actions OIDC request token and an OAuth client secret named by `client_secret_env`),
+/// unless `--keep-env` passes one on purpose; other variables pass through.
+#[test]
+fn run_keeps_credential_variables_from_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[[provider]]
+name = "entra"
+upstream = "http://127.0.0.1:9"
+[provider.source]
+kind = "github-oidc-entra"
+tenant_id = "t"
+client_id = "c"
+
+[[provider]]
+name = "other"
+upstream = "http://127.0.0.1:9"
+path_prefix = "/other"
+[provider.source]
+kind = "oauth2"
+token_url = "http://127.0.0.1:9/token"
+client_id = "c"
+client_secret_env = "MY_SECRET"
+"#,
+    )
+    .unwrap();
+    let child_env = |keep: &[&str]| {
+        let mut c = bin();
+        c.args(["--log-level", "info", "run", "--config"]).arg(&cfg);
+        for k in keep {
+            c.args(["--keep-env", k]);
+        }
+        c.args(["--", "sh", "-c", "env"])
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "gh-request-token-x")
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", "http://127.0.0.1:9/oidc")
+            .env("MY_SECRET", "client-secret-y")
+            .env("UNRELATED", "z");
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    let (env, log) = child_env(&[]);
+    for gone in [
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN=",
+        "ACTIONS_ID_TOKEN_REQUEST_URL=",
+        "MY_SECRET=",
+    ] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(gone)),
+            "{gone} in\n{env}"
+        );
+    }
+    assert!(env.lines().any(|l| l == "UNRELATED=z"), "{env}");
+    assert!(
+        env.lines().any(|l| l.starts_with("OPENAI_BASE_URL=")),
+        "{env}"
+    );
+    // the names are logged, never the values
+    assert!(
+        log.contains("ACTIONS_ID_TOKEN_REQUEST_TOKEN") && log.contains("MY_SECRET"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("gh-request-token-x") && !log.contains("client-secret-y"),
+        "{log}"
+    );
+
+    let (env, _) = child_env(&["MY_SECRET"]);
+    assert!(
+        env.lines().any(|l| l == "MY_SECRET=client-secret-y"),
+        "{env}"
+    );
+    assert!(!env.contains("gh-request-token-x"), "{env}");
 }

@@ -41,6 +41,31 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// start in its last 2 minutes, so a 2-minute stream never outlives its credential.
 pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(120);
 
+/// Default time a client has to send a request's headers (30 s), counted from when the
+/// connection is ready for a request: a new connection, or a keep-alive one after its last
+/// response. So it is also how long an idle HTTP/1.1 keep-alive connection is kept, and a
+/// client that never finishes its headers (slowloris) is closed after 30 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default time an HTTP/2 connection may go without a new request before it is closed
+/// gracefully (5 min): streams still running finish first (GOAWAY), so a long stream is never
+/// cut; the client opens a new connection for its next request.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default cap on connections open at once per listener (4096): past it a new connection is
+/// answered `503` and closed, and counted in `tokenrelay_connections_refused_total`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Default time an upstream has to send response headers once the request is sent (10 min):
+/// an upstream that accepts and never answers gets `504`. Streams are not bounded by it
+/// once their headers have arrived.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Default shortest time between two refreshes forced by a `retry_on` answer (5 s): a flood
+/// of 403s that are not about the credential (a missing permission) costs one acquisition
+/// per 5 s, not one per request; inside the interval the answer is passed through.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +85,25 @@ pub struct Config {
     /// PEM bundle of extra CA certificates trusted for upstream TLS (besides the system roots).
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+    /// `Host` values served besides loopback names when no local key is set (`"name"` for
+    /// any port, `"name:port"` for one, `"*"` for any): for a proxy reached by another name.
+    /// Without it a request with a foreign `Host` (DNS rebinding) gets 421.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`"http://localhost:3000"`) whose requests are served; a request with
+    /// any other `Origin` (or `Sec-Fetch-Site: cross-site`/`same-site`) gets 403. CORS
+    /// preflights of an allowed origin are answered by the proxy itself.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// See [`DEFAULT_HEADER_READ_TIMEOUT`].
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// See [`DEFAULT_MAX_CONNECTIONS`].
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Providers.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
@@ -95,6 +139,12 @@ pub struct ProviderConfig {
     /// See [`DEFAULT_MIN_REMAINING`].
     #[serde(default, with = "humantime_serde")]
     pub min_remaining: Option<Duration>,
+    /// See [`DEFAULT_UPSTREAM_TIMEOUT`].
+    #[serde(default, with = "humantime_serde")]
+    pub upstream_timeout: Option<Duration>,
+    /// See [`DEFAULT_MIN_REFRESH_INTERVAL`].
+    #[serde(default, with = "humantime_serde")]
+    pub min_refresh_interval: Option<Duration>,
     /// Error body shape for the proxy's own errors (default: `anthropic` with `x-api-key`,
     /// else `openai`).
     #[serde(default)]
@@ -407,6 +457,61 @@ impl SourceConfig {
         }
     }
 
+    /// The environment variables this source reads credentials from: its `*_env` keys and
+    /// the standard variables of its kind (`ACTIONS_ID_TOKEN_REQUEST_TOKEN`, `IDENTITY_HEADER`,
+    /// …), nested sources included. `tokenrelay run` keeps them from the child it wraps, so
+    /// the child cannot mint tokens with tokenrelay's identity.
+    ///
+    /// ```
+    /// use tokenrelay::config::Config;
+    /// let cfg = Config::from_toml(
+    ///     "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"oauth2\"\ntoken_url = \"https://idp/token\"\nclient_id = \"c\"\nclient_secret_env = \"MY_SECRET\"\n",
+    ///     "t.toml",
+    /// )
+    /// .unwrap();
+    /// assert_eq!(cfg.providers[0].source.credential_env_vars(), ["MY_SECRET"]);
+    /// ```
+    pub fn credential_env_vars(&self) -> Vec<String> {
+        const GITHUB_OIDC: &[&str] = &[
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+        ];
+        const MANAGED_IDENTITY: &[&str] = &[
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "MSI_ENDPOINT",
+            "MSI_SECRET",
+        ];
+        let named = |vars: &[&Option<String>]| -> Vec<String> {
+            vars.iter().filter_map(|v| v.as_ref().cloned()).collect()
+        };
+        let standard =
+            |vars: &[&str]| -> Vec<String> { vars.iter().map(|v| (*v).to_owned()).collect() };
+        match self {
+            SourceConfig::Static(c) => named(&[&c.value_env]),
+            SourceConfig::Env(c) => vec![c.name.clone()],
+            SourceConfig::File(_) | SourceConfig::Command(_) | SourceConfig::Plugin(_) => vec![],
+            SourceConfig::AzureCli(_) => vec![],
+            SourceConfig::OAuth2(c) => named(&[&c.client_secret_env]),
+            SourceConfig::RefreshToken(c) => named(&[&c.client_secret_env, &c.refresh_token_env]),
+            SourceConfig::EntraFederated(_) => standard(&["AZURE_FEDERATED_TOKEN_FILE"]),
+            SourceConfig::GithubOidc(_) | SourceConfig::GithubOidcEntra(_) => standard(GITHUB_OIDC),
+            SourceConfig::ManagedIdentity(_) => standard(MANAGED_IDENTITY),
+            SourceConfig::AwsWebIdentity(c) => {
+                let mut v = standard(&["AWS_WEB_IDENTITY_TOKEN_FILE"]);
+                if let Some(inner) = &c.web_identity {
+                    v.extend(inner.credential_env_vars());
+                }
+                v
+            }
+            SourceConfig::TokenExchange(c) => {
+                let mut v = named(&[&c.client_secret_env]);
+                v.extend(c.subject.credential_env_vars());
+                v
+            }
+        }
+    }
+
     /// Builds the source. `env` is where standard variables are read from.
     ///
     /// # Errors
@@ -544,6 +649,8 @@ impl Config {
     /// # Errors
     /// The first problem, with its key path.
     pub fn validate(&self, origin: &str) -> Result<()> {
+        crate::proxy::check_listener_settings(self)
+            .map_err(|e| Error::config(origin.to_owned(), e.to_string()))?;
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
@@ -581,6 +688,12 @@ impl Config {
                     ));
                 }
             }
+            if p.upstream_timeout.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(
+                    format!("{at}.upstream_timeout"),
+                    "must be more than 0s",
+                ));
+            }
             for status in &p.retry_on {
                 if !(400..=599).contains(status) {
                     return Err(Error::config(
@@ -601,6 +714,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The environment variables tokenrelay reads credentials from with this file: the local
+    /// key's `local_key_env` and every provider's [`SourceConfig::credential_env_vars`],
+    /// sorted, without repeats.
+    pub fn credential_env_vars(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.local_key_env.iter().cloned().collect();
+        for p in &self.providers {
+            v.extend(p.source.credential_env_vars());
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The provider called `name`, or the only one when `name` is `None`.
@@ -731,6 +857,11 @@ name = "ANTHROPIC_TOKEN"
             ("[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"nope\"\n", "unknown source kind"),
             ("[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"command\"\ncommand = \"x\"\ntimeout = \"soon\"\n", "timeout"),
             ("[[provider]]\nname = \"a\"\ninject = { header = \"X\", template = \"Bearer\" }\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "{token}"),
+            ("allowed_origins = [\"localhost:3000\"]\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "allowed_origins"),
+            ("allowed_hosts = [\"a b\"]\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "allowed_hosts"),
+            ("max_connections = 0\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "max_connections"),
+            ("header_read_timeout = \"0s\"\n[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "header_read_timeout"),
+            ("[[provider]]\nname = \"a\"\nupstream_timeout = \"0s\"\n[provider.source]\nkind = \"env\"\nname = \"X\"\n", "upstream_timeout"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
@@ -765,6 +896,45 @@ name = "ANTHROPIC_TOKEN"
             err,
             "p.source.value_env: invalid configuration: environment variable UNSET_X is not set"
         );
+    }
+
+    #[test]
+    fn credential_env_vars_of_each_kind() {
+        let vars = |source: &str| {
+            let text = format!(
+                "local_key_env = \"LK\"\n[[provider]]\nname = \"a\"\n[provider.source]\n{source}\n"
+            );
+            Config::from_toml(&text, "t").unwrap().credential_env_vars()
+        };
+        let table: &[(&str, &[&str])] = &[
+            ("kind = \"env\"\nname = \"TOK\"", &["LK", "TOK"]),
+            ("kind = \"static\"\nvalue_env = \"V\"", &["LK", "V"]),
+            ("kind = \"command\"\ncommand = \"x\"", &["LK"]),
+            (
+                "kind = \"refresh-token\"\ntoken_url = \"https://i/t\"\nrefresh_token_env = \"RT\"\nclient_secret_env = \"CS\"",
+                &["CS", "LK", "RT"],
+            ),
+            (
+                "kind = \"github-oidc-entra\"\ntenant_id = \"t\"\nclient_id = \"c\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "LK"],
+            ),
+            (
+                "kind = \"managed-identity\"",
+                &["IDENTITY_ENDPOINT", "IDENTITY_HEADER", "LK", "MSI_ENDPOINT", "MSI_SECRET"],
+            ),
+            ("kind = \"entra-federated\"", &["AZURE_FEDERATED_TOKEN_FILE", "LK"]),
+            (
+                "kind = \"token-exchange\"\ntoken_url = \"https://i/t\"\nclient_secret_env = \"CS\"\n[provider.source.subject]\nkind = \"github-oidc\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "CS", "LK"],
+            ),
+            (
+                "kind = \"aws-web-identity\"\n[provider.source.web_identity]\nkind = \"env\"\nname = \"WI\"",
+                &["AWS_WEB_IDENTITY_TOKEN_FILE", "LK", "WI"],
+            ),
+        ];
+        for (source, want) in table {
+            assert_eq!(vars(source), *want, "{source}");
+        }
     }
 
     #[test]

@@ -48,7 +48,9 @@ mod secret;
 pub mod source;
 mod token;
 
-pub use cache::{Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, TokenRef};
+pub use cache::{
+    Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, Invalidation, TokenRef,
+};
 pub use clock::{rfc3339, Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use secret::Secret;

@@ -42,6 +42,7 @@ pub struct Token {
     acquired_at: SystemTime,
     origin: Arc<str>,
     aws: Option<Arc<AwsCredentials>>,
+    refresh_token: Option<Secret>,
 }
 
 impl Token {
@@ -53,6 +54,7 @@ impl Token {
             acquired_at: SystemTime::now(),
             origin: origin.into(),
             aws: None,
+            refresh_token: None,
         }
     }
 
@@ -82,6 +84,21 @@ impl Token {
     pub fn with_aws(mut self, aws: AwsCredentials) -> Self {
         self.aws = Some(Arc::new(aws));
         self
+    }
+
+    /// Attaches the refresh token the source will use next, when its configured input does not
+    /// hold it (a rotated token from a variable, or one whose write-back failed), so the
+    /// helper's on-disk cache can keep it for the next process; see
+    /// [`Source::resume_refresh_token`](crate::Source::resume_refresh_token).
+    #[must_use]
+    pub fn with_refresh_token(mut self, refresh: Secret) -> Self {
+        self.refresh_token = Some(refresh);
+        self
+    }
+
+    /// The refresh token attached with [`Token::with_refresh_token`], if any.
+    pub fn refresh_token(&self) -> Option<&Secret> {
+        self.refresh_token.as_ref()
     }
 
     /// The secret itself.
@@ -136,6 +153,7 @@ impl fmt::Debug for Token {
             .field("expires_at", &self.expires_at.map(crate::clock::rfc3339))
             .field("origin", &self.origin)
             .field("aws", &self.aws.as_ref().map(|a| &a.access_key_id))
+            .field("refresh_token", &self.refresh_token)
             .finish()
     }
 }

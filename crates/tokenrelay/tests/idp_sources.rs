@@ -6,6 +6,7 @@
 mod fake_idp;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -293,12 +294,13 @@ async fn unreachable_idp_is_a_transport_error() {
     );
 }
 
-#[tokio::test]
-async fn refresh_token_rotation_is_written_back_0600() {
+/// An IdP that rotates refresh tokens (`rt-1` → `rt-2` → …, access tokens `at-2`, `at-3`, …
+/// living `expires_in` seconds) and, as Entra and Okta do, rejects a used one with 400
+/// invalid_grant. The handle sets the refresh token it accepts next.
+async fn rotating_idp(expires_in: u64) -> (FakeIdp, Arc<std::sync::Mutex<String>>) {
     let current = Arc::new(std::sync::Mutex::new("rt-1".to_owned()));
     let cur = current.clone();
     let counter = Arc::new(AtomicUsize::new(0));
-    let c2 = counter.clone();
     let idp = FakeIdp::start(move |r, _| {
         if r.form("grant_type") != Some("refresh_token") {
             return Resp::oauth_error(400, "unsupported_grant_type", "");
@@ -307,25 +309,48 @@ async fn refresh_token_rotation_is_written_back_0600() {
         if r.form("refresh_token") != Some(cur.as_str()) || r.form("client_id") != Some("public-app") {
             return Resp::oauth_error(400, "invalid_grant", "AADSTS70000: refresh token revoked");
         }
-        let n = c2.fetch_add(1, Ordering::SeqCst) + 2;
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 2;
         *cur = format!("rt-{n}");
-        Resp::json(200, serde_json::json!({"access_token": format!("at-{n}"), "expires_in": 60, "refresh_token": *cur, "token_type": "Bearer"}))
+        Resp::json(200, serde_json::json!({"access_token": format!("at-{n}"), "expires_in": expires_in, "refresh_token": *cur, "token_type": "Bearer"}))
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let rt = dir.path().join("refresh");
-    std::fs::write(&rt, "rt-1\n").unwrap();
-    std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let src = build(
+    (idp, current)
+}
+
+fn refresh_source(idp: &FakeIdp, input: &str, env: &[(&str, &str)]) -> Arc<dyn tokenrelay::Source> {
+    build(
         None,
         &format!(
-            "kind = \"refresh-token\"\ntoken_url = \"{}\"\nclient_id = \"public-app\"\nrefresh_token_file = \"{}\"",
-            idp.url("/token"),
-            rt.display()
+            "kind = \"refresh-token\"\ntoken_url = \"{}\"\nclient_id = \"public-app\"\n{input}",
+            idp.url("/token")
         ),
+        env,
+    )
+    .unwrap()
+}
+
+fn refresh_file_source(idp: &FakeIdp, rt: &Path) -> Arc<dyn tokenrelay::Source> {
+    refresh_source(
+        idp,
+        &format!("refresh_token_file = \"{}\"", rt.display()),
         &[],
     )
-    .unwrap();
+}
+
+/// A refresh token file holding `rt-1`, mode 0600.
+fn refresh_file(dir: &Path, name: &str) -> PathBuf {
+    let rt = dir.join(name);
+    std::fs::write(&rt, "rt-1\n").unwrap();
+    std::fs::set_permissions(&rt, std::fs::Permissions::from_mode(0o600)).unwrap();
+    rt
+}
+
+#[tokio::test]
+async fn refresh_token_rotation_is_written_back_0600() {
+    let (idp, current) = rotating_idp(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = refresh_file(dir.path(), "refresh");
+    let src = refresh_file_source(&idp, &rt);
     assert_eq!(
         src.acquire(&req(None)).await.unwrap().secret().expose(),
         "at-2"
@@ -348,4 +373,148 @@ async fn refresh_token_rotation_is_written_back_0600() {
         "{err}"
     );
     assert!(!err.to_string().contains("rt-3"), "{err}");
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Captures this thread's log lines while the guard lives.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        )
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn stale_temp_file_of_a_crashed_process_does_not_block_the_write_back() {
+    let (idp, _) = rotating_idp(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = refresh_file(dir.path(), "refresh");
+    // What a process with our pid (pid 1 in a container) left behind when it crashed
+    // mid-write: the temporary name it used was derived from the pid alone.
+    let stale = dir
+        .path()
+        .join(format!(".refresh.tokenrelay-{}", std::process::id()));
+    std::fs::write(&stale, "half-written").unwrap();
+    let src = refresh_file_source(&idp, &rt);
+    let t = src.acquire(&req(None)).await.unwrap();
+    assert_eq!(t.secret().expose(), "at-2");
+    assert_eq!(std::fs::read_to_string(&rt).unwrap().trim(), "rt-2");
+    assert!(t.refresh_token().is_none(), "the file holds it");
+}
+
+#[tokio::test]
+async fn failed_write_back_keeps_the_rotated_token_and_the_access_token() {
+    let (idp, _) = rotating_idp(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A write-back that fails for root as well (a read-only mode does not stop root, and a
+    // read-only bind mount needs privileges): the name leaves no room, within the 255-byte
+    // NAME_MAX, for the temporary file written beside it (`.<name>.tokenrelay-<random>`), so
+    // creating that file fails with ENAMETOOLONG, deterministically, for every user. It
+    // reads fine.
+    let rt = refresh_file(dir.path(), &"r".repeat(240));
+    let logs = Capture::default();
+    let t = {
+        let _g = logs.install();
+        let src = refresh_file_source(&idp, &rt);
+        let t = src.acquire(&req(None)).await.unwrap();
+        // the same process goes on with the rotated token it kept in memory
+        let t2 = src.acquire(&req(None)).await.unwrap();
+        assert_eq!(t2.secret().expose(), "at-3");
+        t
+    };
+    assert_eq!(t.secret().expose(), "at-2");
+    assert_eq!(
+        t.refresh_token().map(|r| r.expose().to_owned()),
+        Some("rt-2".into()),
+        "the token carries the refresh token the file could not take"
+    );
+    assert_eq!(std::fs::read_to_string(&rt).unwrap().trim(), "rt-1");
+    let text = logs.text();
+    let errors: Vec<_> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 2, "one error per failed write-back:\n{text}");
+    assert!(
+        errors[0].contains("cannot write the rotated refresh token back"),
+        "{text}"
+    );
+    assert!(!text.contains("rt-2") && !text.contains("rt-3"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+}
+
+/// Two helper processes in a row (two sources, one on-disk cache) with the refresh token in
+/// a variable: the second, after the first's token expired, must use the rotated token the
+/// first was given, since the IdP rejects the configured one once used.
+#[tokio::test]
+async fn helper_keeps_a_rotated_refresh_token_across_processes() {
+    use tokenrelay::persist::{Lookup, Served, SharedCache};
+    let (idp, _) = rotating_idp(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = SharedCache::open(&dir.path().join("cache")).unwrap();
+    let process = || refresh_source(&idp, "refresh_token_env = \"RT\"", &[("RT", "rt-1")]);
+    let run = |src: Arc<dyn tokenrelay::Source>, lookup| {
+        let cache = cache.clone();
+        async move { cache.get(src.as_ref(), &req(None), lookup).await }
+    };
+    let (t, served) = run(process(), Lookup::default()).await.unwrap();
+    assert_eq!((t.secret().expose(), served), ("at-2", Served::Acquired));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (t, served) = run(process(), Lookup::default()).await.unwrap();
+    assert_eq!((t.secret().expose(), served), ("at-3", Served::Acquired));
+    // after a 401 (invalidation) too: the dropped token's entry keeps the refresh token
+    let lookup = Lookup {
+        invalidate_before: Some(std::time::SystemTime::now()),
+    };
+    let (t, _) = run(process(), lookup).await.unwrap();
+    assert_eq!(t.secret().expose(), "at-4");
+    // the entry file holds it, 0600, and nothing in the directory names the old ones
+    for e in std::fs::read_dir(cache.dir()).unwrap().flatten() {
+        assert_eq!(e.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
+
+/// A failed write-back in one helper process is not lost for the next one either.
+#[tokio::test]
+async fn helper_keeps_a_refresh_token_its_file_could_not_take() {
+    use tokenrelay::persist::{Lookup, SharedCache};
+    let (idp, _) = rotating_idp(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = refresh_file(dir.path(), &"r".repeat(240)); // see the test above
+    let cache = SharedCache::open(&dir.path().join("cache")).unwrap();
+    let src = refresh_file_source(&idp, &rt);
+    let (t, _) = cache
+        .get(src.as_ref(), &req(None), Lookup::default())
+        .await
+        .unwrap();
+    assert_eq!(t.secret().expose(), "at-2");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let src = refresh_file_source(&idp, &rt);
+    let (t, _) = cache
+        .get(src.as_ref(), &req(None), Lookup::default())
+        .await
+        .unwrap();
+    assert_eq!(t.secret().expose(), "at-3");
 }

@@ -127,7 +127,7 @@ async fn a_body_that_arrives_in_pieces_is_kept_whole_for_the_retry() {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.set_nodelay(true).unwrap();
     conn.write_all(
-        b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 15\r\nconnection: close\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 15\r\nconnection: close\r\n\r\n",
     )
     .await
     .unwrap();

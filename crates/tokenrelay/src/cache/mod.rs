@@ -153,6 +153,19 @@ pub struct EntryStatus {
     pub last_error: Option<(SystemTime, String)>,
 }
 
+/// What [`CacheEntry::invalidate_at_most_every`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The token of that generation was dropped: the next `get` acquires a new one.
+    Dropped,
+    /// That token is no longer held (another caller invalidated or replaced it): the next
+    /// `get` answers with its successor, acquiring nothing more for this caller.
+    AlreadyReplaced,
+    /// That token is still held and was acquired by a forced refresh less than the interval
+    /// ago: it is kept, and the caller should pass the rejection on.
+    RateLimited,
+}
+
 type Flight = Shared<BoxFuture<'static, Result<CachedToken>>>;
 
 struct Entry {
@@ -172,6 +185,8 @@ struct Entry {
     last_ok_uncached: AtomicBool,
     refresher_started: AtomicBool,
     wake: Arc<Notify>,
+    /// Unix millis of the last invalidation by [`CacheEntry::invalidate_at_most_every`].
+    last_forced_ms: AtomicU64,
 }
 
 /// The token cache for one source. Cheap to clone; clones share entries.
@@ -261,6 +276,7 @@ impl Cache {
                     last_ok_uncached: AtomicBool::new(false),
                     refresher_started: AtomicBool::new(false),
                     wake: Arc::new(Notify::new()),
+                    last_forced_ms: AtomicU64::new(0),
                 }))
             })
             .clone()
@@ -417,6 +433,45 @@ impl CacheEntry {
                 dropped
             }
             _ => false,
+        }
+    }
+
+    /// Like [`invalidate`](Self::invalidate), but at most once per `min_interval`: an upstream
+    /// that rejects every token for a reason that is not the credential (a 403 for a missing
+    /// permission) then costs one acquisition per interval, not one per request. A token
+    /// already replaced is [`Invalidation::AlreadyReplaced`] whatever the interval, so the
+    /// callers caught in a 401 storm all retry with its successor.
+    pub fn invalidate_at_most_every(
+        &self,
+        generation: u64,
+        min_interval: Duration,
+    ) -> Invalidation {
+        let held = self.0.current.load();
+        if !matches!(held.as_ref(), Some(c) if c.generation == generation) {
+            return Invalidation::AlreadyReplaced;
+        }
+        drop(held);
+        let now = crate::clock::unix_millis(self.0.clock.now());
+        let last = self.0.last_forced_ms.load(Ordering::Acquire);
+        let interval = u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < interval {
+            return Invalidation::RateLimited;
+        }
+        // One caller wins the slot. A concurrent one with the same token drops it too (a
+        // no-op once the winner has), so it never retries with the rejected token.
+        if self
+            .0
+            .last_forced_ms
+            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.invalidate(generation);
+            return Invalidation::AlreadyReplaced;
+        }
+        if self.invalidate(generation) {
+            Invalidation::Dropped
+        } else {
+            Invalidation::AlreadyReplaced
         }
     }
 

@@ -200,6 +200,39 @@ async fn invalidate_by_generation() {
     assert_eq!(src.calls(), 2);
 }
 
+#[tokio::test]
+async fn forced_invalidations_are_rate_limited_but_replaced_tokens_are_not() {
+    let (clock, src, entry) = setup(Duration::from_secs(3600));
+    let every = Duration::from_secs(5);
+    let g1 = entry.get().await.unwrap().generation();
+    assert_eq!(
+        entry.invalidate_at_most_every(g1, every),
+        Invalidation::Dropped
+    );
+    // A late rejection of the dropped token: its successor is used, whatever the interval.
+    assert_eq!(
+        entry.invalidate_at_most_every(g1, every),
+        Invalidation::AlreadyReplaced
+    );
+    let g2 = entry.get().await.unwrap().generation();
+    // The successor rejected within the interval: kept, no acquisition.
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(
+        entry.invalidate_at_most_every(g2, every),
+        Invalidation::RateLimited
+    );
+    assert_eq!(entry.get().await.unwrap().generation(), g2);
+    assert_eq!(src.calls(), 2);
+    // After the interval it may be dropped again.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        entry.invalidate_at_most_every(g2, every),
+        Invalidation::Dropped
+    );
+    assert_ne!(entry.get().await.unwrap().generation(), g2);
+    assert_eq!(src.calls(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_401s_causes_one_reacquisition() {
     let (_clock, src, entry) = setup(Duration::from_secs(3600));

@@ -81,7 +81,7 @@ pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody>
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                metrics::render(&samples),
+                metrics::render(&state.listener_metrics, &samples),
             )
         }
         _ => {

@@ -11,6 +11,7 @@ use super::headers;
 use super::metrics::Counters;
 use super::upstream::{PooledBody, SendError, UpstreamBody};
 use super::{BoxError, Lane, Provider, ProxyBody, State};
+use crate::cache::Invalidation;
 use crate::config::ErrorStyle;
 use crate::error::{Error, ErrorKind};
 use crate::secret::Secret;
@@ -21,6 +22,11 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())
         .map_err(|never| -> BoxError { match never {} })
         .boxed_unsync()
+}
+
+/// An empty body.
+pub(crate) fn empty_body() -> ProxyBody {
+    full(Bytes::new())
 }
 
 /// A JSON error in the provider's shape.
@@ -354,10 +360,32 @@ async fn send(
             }
         }
     }
-    lane.client
-        .send(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| upstream_failed(p, m, &e))
+    match tokio::time::timeout(
+        p.upstream_timeout,
+        lane.client.send(Request::from_parts(parts, body)),
+    )
+    .await
+    {
+        Ok(sent) => sent.map_err(|e| upstream_failed(p, m, &e)),
+        Err(_) => Err(upstream_timed_out(p, m)),
+    }
+}
+
+/// The answer to a request whose upstream sent no response headers within `upstream_timeout`.
+#[cold]
+#[inline(never)]
+fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
+    m.proxy_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    m.record_status(504);
+    let msg = format!(
+        "tokenrelay: provider {}: upstream {} sent no response within {} (upstream_timeout)",
+        p.name,
+        p.authority,
+        humantime::format_duration(p.upstream_timeout)
+    );
+    tracing::warn!(provider = %p.name, status = 504, "{msg}");
+    error_response(p.style, 504, "upstream_timeout", &msg)
 }
 
 /// The answer to a request the upstream did not answer: counted, logged once, in the
@@ -519,8 +547,11 @@ pub(crate) async fn forward(
     };
     if p.retry_on.contains(&resp.status().as_u16()) {
         let rejected = resp.status().as_u16();
-        p.entry.invalidate(generation);
+        let forced = p
+            .entry
+            .invalidate_at_most_every(generation, p.min_refresh_interval);
         match (replay, retry_parts) {
+            _ if forced == Invalidation::RateLimited => log_rate_limited(p, rejected),
             (Some(bytes), Some(again)) => {
                 drop(resp);
                 // Boxed: a second send in this future's state would double its size.
@@ -538,7 +569,7 @@ pub(crate) async fn forward(
     m.record_latency(started.elapsed());
     log_forwarded(p, status, started);
     let mut out = resp;
-    headers::strip_hop_by_hop(out.headers_mut());
+    headers::strip_response(out.headers_mut());
     out.map(|b| {
         let spawned = !b.is_driven_inline();
         super::coalesce::Coalesce::new(b, spawned)
@@ -557,6 +588,17 @@ fn log_not_replayed(p: &Provider, rejected: u16) {
         provider = %p.name,
         status = rejected,
         "upstream rejected the token; body was streamed so the status is passed through (the next request gets a fresh token)"
+    );
+}
+
+#[cold]
+#[inline(never)]
+fn log_rate_limited(p: &Provider, rejected: u16) {
+    tracing::info!(
+        provider = %p.name,
+        status = rejected,
+        min_refresh_interval_s = p.min_refresh_interval.as_secs(),
+        "upstream rejected a token acquired less than min_refresh_interval ago; passing the status through without another acquisition"
     );
 }
 

@@ -23,9 +23,11 @@ static INBOUND_CREDENTIALS: [HeaderName; 3] = [
     HeaderName::from_static("x-api-key"),
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    strip(h, |_| false);
+/// Prepares an upstream response's headers for the client: hop-by-hop headers removed, and
+/// the upstream's own CORS answer (`Access-Control-*`): whether a web page may read the
+/// answer is the proxy's decision ([`super::guard`]), not the upstream's.
+pub(crate) fn strip_response(h: &mut HeaderMap) {
+    strip(h, |n| n.as_str().starts_with("access-control-"));
 }
 
 /// Prepares a client request's headers for upstream: hop-by-hop and `Host` removed, every
@@ -106,13 +108,23 @@ mod tests {
         ] {
             h.append(k, HeaderValue::from_static(v));
         }
-        strip_hop_by_hop(&mut h);
+        strip_response(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+        h.append("access-control-allow-origin", HeaderValue::from_static("*"));
+        h.append(
+            "access-control-allow-credentials",
+            HeaderValue::from_static("true"),
+        );
+        h.append("connection", HeaderValue::from_static("close"));
+        strip_response(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "x-request-id"]);
         // Nothing to strip: the map is left as it is.
         let before = h.clone();
-        strip_hop_by_hop(&mut h);
+        strip_response(&mut h);
         assert_eq!(h, before);
     }
 }

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::guard::Refusal;
+
 /// Upper bounds (seconds) of the latency histogram buckets.
 pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -101,6 +103,64 @@ impl ProviderMetrics {
     }
 }
 
+/// Counters of the listeners, shared by every worker: they change once per connection (or
+/// per refused request), never on a proxied request's path.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerMetrics {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections closed at once because the listener was at `max_connections`.
+    pub conns_refused: AtomicU64,
+    /// Requests refused before routing or forwarding, by [`Refusal::index`].
+    refusals: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl ListenerMetrics {
+    /// Counts a request refused for `why`.
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refusals[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        family(
+            out,
+            "tokenrelay_connections_open",
+            "gauge",
+            "Client connections open now, over all listeners.",
+        );
+        let _ = writeln!(
+            out,
+            "tokenrelay_connections_open {}",
+            self.open.load(Ordering::Relaxed)
+        );
+        family(
+            out,
+            "tokenrelay_connections_refused_total",
+            "counter",
+            "Client connections answered 503 and closed because a listener was at max_connections.",
+        );
+        let _ = writeln!(
+            out,
+            "tokenrelay_connections_refused_total {}",
+            self.conns_refused.load(Ordering::Relaxed)
+        );
+        family(
+            out,
+            "tokenrelay_requests_refused_total",
+            "counter",
+            "Requests refused before any token was used: foreign Host, browser Origin, TRACE/CONNECT, a path climbing above the base path.",
+        );
+        for why in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "tokenrelay_requests_refused_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.refusals[why.index()].load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 /// What the renderer needs from each provider.
 pub(crate) struct Sample<'a> {
     pub provider: &'a str,
@@ -136,9 +196,10 @@ fn load(m: &ProviderMetrics, counter: impl Fn(&Counters) -> &AtomicU64) -> Optio
     Some(m.total(counter).to_string())
 }
 
-/// Renders all providers' metrics.
-pub(crate) fn render(samples: &[Sample<'_>]) -> String {
+/// Renders the listeners' and all providers' metrics.
+pub(crate) fn render(listeners: &ListenerMetrics, samples: &[Sample<'_>]) -> String {
     let mut out = String::with_capacity(4096);
+    listeners.render(&mut out);
     per_provider(
         &mut out,
         samples,
@@ -290,14 +351,17 @@ mod tests {
         m.shard(0).record_status(200);
         m.shard(1).record_status(401);
         m.shard(0).record_status(401);
-        let text = render(&[Sample {
-            provider: "azure",
-            metrics: &m,
-            acquisitions: 2,
-            refresh_failures: 1,
-            seconds_until_expiry: Some(59.5),
-            ready: true,
-        }]);
+        let text = render(
+            &ListenerMetrics::default(),
+            &[Sample {
+                provider: "azure",
+                metrics: &m,
+                acquisitions: 2,
+                refresh_failures: 1,
+                seconds_until_expiry: Some(59.5),
+                ready: true,
+            }],
+        );
         for line in [
             "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"0.001\"} 1",
             "tokenrelay_upstream_latency_seconds_bucket{provider=\"azure\",le=\"0.005\"} 2",

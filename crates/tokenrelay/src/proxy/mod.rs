@@ -28,6 +28,7 @@
 mod admin;
 mod coalesce;
 mod forward;
+mod guard;
 mod headers;
 mod metrics;
 mod server;
@@ -45,7 +46,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::cache::{Cache, CacheEntry};
-use crate::config::{Config, ErrorStyle, Inject, DEFAULT_LISTEN, DEFAULT_MIN_REMAINING};
+use crate::config::{
+    Config, ErrorStyle, Inject, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_MIN_REMAINING,
+    DEFAULT_UPSTREAM_TIMEOUT,
+};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::source::{SharedEnv, Source};
@@ -86,6 +91,10 @@ pub struct ProxyOptions {
     /// (`SO_REUSEPORT`) and upstream connection pool (default: one per CPU, see
     /// [`default_workers`]).
     pub workers: usize,
+    /// `Host` values served besides loopback ones, added to the config's `allowed_hosts`.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins served, added to the config's `allowed_origins`.
+    pub allowed_origins: Vec<String>,
 }
 
 /// One worker per available CPU (at least one): like nginx's `worker_processes auto`, a
@@ -106,8 +115,31 @@ impl Default for ProxyOptions {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             upstream_h2c: false,
             workers: default_workers(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
+}
+
+/// Checks the listener settings of `cfg` (`allowed_hosts`, `allowed_origins`, timeouts,
+/// `max_connections`), as [`Proxy::new`] will use them.
+///
+/// # Errors
+/// A config error naming the key.
+pub(crate) fn check_listener_settings(cfg: &Config) -> Result<()> {
+    guard::Guard::new(false, &cfg.allowed_hosts, &cfg.allowed_origins)?;
+    for (key, d) in [
+        ("header_read_timeout", cfg.header_read_timeout),
+        ("idle_timeout", cfg.idle_timeout),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(key, "must be more than 0s"));
+        }
+    }
+    if cfg.max_connections == Some(0) {
+        return Err(Error::config("max_connections", "must be at least 1"));
+    }
+    Ok(())
 }
 
 /// One provider at run time.
@@ -129,6 +161,10 @@ pub(crate) struct Provider {
     pub entry: CacheEntry,
     pub retry_on: Vec<u16>,
     pub min_remaining: Duration,
+    /// See [`DEFAULT_UPSTREAM_TIMEOUT`].
+    pub upstream_timeout: Duration,
+    /// See [`DEFAULT_MIN_REFRESH_INTERVAL`].
+    pub min_refresh_interval: Duration,
     pub style: ErrorStyle,
     /// What each worker thread uses of this provider on every request (see [`Lane`]).
     pub lanes: Box<[Lane]>,
@@ -170,6 +206,12 @@ pub(crate) struct State {
     pub providers: Vec<Arc<Provider>>,
     pub local_key: Option<Secret>,
     pub replay_limit: usize,
+    /// The browser-origin rules.
+    pub guard: guard::Guard,
+    /// Connection limits and timeouts of every listener.
+    pub limits: server::Limits,
+    /// Counters that belong to no provider (connections, refusals before routing).
+    pub listener_metrics: metrics::ListenerMetrics,
 }
 
 /// A configured proxy, not yet listening.
@@ -332,6 +374,10 @@ impl Proxy {
                 entry,
                 retry_on: p.retry_on.clone(),
                 min_remaining: p.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING),
+                upstream_timeout: p.upstream_timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+                min_refresh_interval: p
+                    .min_refresh_interval
+                    .unwrap_or(DEFAULT_MIN_REFRESH_INTERVAL),
                 style: p.error_style(),
                 lanes,
                 metrics: metrics::ProviderMetrics::new(workers),
@@ -386,10 +432,33 @@ impl Proxy {
                 ));
             }
         }
+        let hosts: Vec<String> = cfg
+            .allowed_hosts
+            .iter()
+            .chain(&opts.allowed_hosts)
+            .cloned()
+            .collect();
+        let origins: Vec<String> = cfg
+            .allowed_origins
+            .iter()
+            .chain(&opts.allowed_origins)
+            .cloned()
+            .collect();
+        let guard = guard::Guard::new(local_key.is_some(), &hosts, &origins)?;
+        let limits = server::Limits {
+            header_read_timeout: cfg
+                .header_read_timeout
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: cfg.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            max_connections: cfg.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        };
         let state = State {
             providers,
             local_key,
             replay_limit: opts.replay_limit,
+            guard,
+            limits,
+            listener_metrics: metrics::ListenerMetrics::default(),
         };
         let proxy = Proxy {
             state: Arc::new(state),
@@ -463,35 +532,78 @@ fn local_key_refused(provider: &Provider, worker: usize) -> Response<ProxyBody> 
     )
 }
 
+/// Answers a request refused before it reached a provider's upstream, in `style`.
+#[cold]
+#[inline(never)]
+fn refused(state: &State, style: ErrorStyle, why: guard::Refusal) -> Response<ProxyBody> {
+    state.listener_metrics.refused(why);
+    let (status, code, message) = why.answer();
+    tracing::info!(reason = why.label(), status, "request refused");
+    let mut resp = forward::error_response(style, status, code, &format!("tokenrelay: {message}"));
+    if why == guard::Refusal::Method {
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
+    resp
+}
+
 async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody> {
     let (state, router) = (&ctx.state, &ctx.router);
     let path = req.uri().path();
-    if router.admin && admin::is_admin_path(path) {
-        return admin::respond(state, &req);
-    }
-    if router.root.is_none() && router.prefixed.is_empty() {
+    let admin = router.admin && admin::is_admin_path(path);
+    // Route first (the path alone decides), so that refusals come in the provider's shape.
+    let routed = if admin {
+        None
+    } else if router.root.is_none() && router.prefixed.is_empty() {
         return forward::plain_error(404, "not found");
-    }
-    // Route.
-    let mut chosen = None;
-    for (prefix, i) in &router.prefixed {
-        if let Some(rest) = path.strip_prefix(prefix.as_str()) {
-            if rest.is_empty() || rest.starts_with('/') {
-                chosen = Some((*i, prefix.len()));
-                break;
+    } else {
+        let mut chosen = None;
+        for (prefix, i) in &router.prefixed {
+            if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    chosen = Some((*i, prefix.len()));
+                    break;
+                }
             }
         }
+        let Some((idx, strip)) = chosen.or(router.root.map(|i| (i, 0))) else {
+            return no_provider(router, path);
+        };
+        let Some(provider) = state.providers.get(idx) else {
+            return forward::plain_error(500, "routing table is inconsistent");
+        };
+        Some((provider, strip))
+    };
+    let style = routed.map_or(ErrorStyle::Openai, |(p, _)| p.style);
+    // Browser-origin rules, the method and the path, before any token is taken.
+    let origin = match state.guard.check(&req) {
+        Ok(o) => o,
+        Err(why) => return refused(state, style, why),
+    };
+    if guard::refused_method(req.method()) {
+        return refused(state, style, guard::Refusal::Method);
     }
-    let Some((idx, strip)) = chosen.or(router.root.map(|i| (i, 0))) else {
-        return no_provider(router, path);
-    };
-    let Some(provider) = state.providers.get(idx) else {
-        return forward::plain_error(500, "routing table is inconsistent");
-    };
-    if let Some(key) = &state.local_key {
-        if !forward::has_local_key(req.headers(), key) {
-            return local_key_refused(provider, ctx.worker);
+    if req.method() == http::Method::OPTIONS {
+        return guard::options_response(&req, origin);
+    }
+    let mut resp = match routed {
+        None => admin::respond(state, &req),
+        Some((provider, strip)) => {
+            if let Some(key) = &state.local_key {
+                if !forward::has_local_key(req.headers(), key) {
+                    return local_key_refused(provider, ctx.worker);
+                }
+            }
+            if guard::climbs_above_root(&path[strip..]) {
+                return refused(state, style, guard::Refusal::Path);
+            }
+            forward::forward(state, provider, req, strip, ctx.worker).await
         }
+    };
+    if let Some(origin) = origin {
+        guard::add_cors(resp.headers_mut(), origin);
     }
-    forward::forward(state, provider, req, strip, ctx.worker).await
+    resp
 }

@@ -8,16 +8,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::{handle, Proxy, Router, State};
@@ -25,6 +25,30 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Pending connections the kernel queues per socket.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// HTTP/2 keep-alive: a PING after this long without a frame from the client (30 s)…
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// …and the connection is closed when its answer takes longer than this (20 s): a client that
+/// vanished without a FIN (a sleeping laptop, a dropped NAT entry) does not hold its streams.
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest pause between accept attempts after an error such as `EMFILE` (1 s): the loop backs
+/// off from 5 ms, doubling, instead of spinning on a socket it cannot accept from.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a connection refused past `max_connections` may take to read its 503 (500 ms).
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
+/// Connection limits and timeouts, the same for every listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// See [`crate::config::DEFAULT_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`crate::config::DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`crate::config::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+}
 
 fn bind_err(addr: SocketAddr, e: std::io::Error) -> Error {
     Error::new(
@@ -89,7 +113,7 @@ impl Proxy {
         for (addr, router) in routers {
             let (bound, sockets) = bind_group(addr, self.workers)?;
             addrs.push(bound);
-            listeners.push((sockets, router));
+            listeners.push((sockets, router, Arc::new(AtomicUsize::new(0))));
         }
         Ok(BoundProxy {
             state: self.state,
@@ -104,7 +128,8 @@ impl Proxy {
 /// A proxy with its listeners bound.
 pub struct BoundProxy {
     state: Arc<State>,
-    listeners: Vec<(Vec<std::net::TcpListener>, Router)>,
+    /// Each listener's sockets (one per worker), router, and count of open connections.
+    listeners: Vec<(Vec<std::net::TcpListener>, Router, Arc<AtomicUsize>)>,
     addrs: Vec<SocketAddr>,
     shutdown_grace: Duration,
     workers: usize,
@@ -146,11 +171,11 @@ impl BoundProxy {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         // Deal one socket of every listener to each worker.
-        let mut per_worker: Vec<Vec<(std::net::TcpListener, Router)>> =
+        let mut per_worker: Vec<Vec<WorkerListener>> =
             (0..self.workers).map(|_| Vec::new()).collect();
-        for (sockets, router) in self.listeners {
+        for (sockets, router, open) in self.listeners {
             for (w, socket) in sockets.into_iter().enumerate() {
-                per_worker[w % self.workers].push((socket, router.clone()));
+                per_worker[w % self.workers].push((socket, router.clone(), open.clone()));
             }
         }
         let mut done = Vec::new();
@@ -183,10 +208,13 @@ impl BoundProxy {
     }
 }
 
+/// One worker's socket of a listener, the listener's router and its open-connection count.
+type WorkerListener = (std::net::TcpListener, Router, Arc<AtomicUsize>);
+
 /// One worker thread: a current-thread runtime serving its sockets until told to stop.
 fn worker(
     w: usize,
-    listeners: Vec<(std::net::TcpListener, Router)>,
+    listeners: Vec<WorkerListener>,
     state: Arc<State>,
     stop: watch::Receiver<bool>,
     grace: Duration,
@@ -203,11 +231,11 @@ fn worker(
     };
     rt.block_on(async move {
         let mut loops = Vec::new();
-        for (socket, router) in listeners {
+        for (socket, router, open) in listeners {
             match TcpListener::from_std(socket) {
                 Ok(l) => loops.push(tokio::spawn(accept_loop(
                     l,
-                    router,
+                    (router, open),
                     state.clone(),
                     w,
                     stop.clone(),
@@ -233,42 +261,75 @@ pub(super) struct Ctx {
 
 async fn accept_loop(
     listener: TcpListener,
-    router: Router,
+    (router, open): (Router, Arc<AtomicUsize>),
     state: Arc<State>,
     worker: usize,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
     let drain = Arc::new(Drain::default());
+    let limits = state.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // One flat write buffer per response instead of a queue of head and body buffers written
-    // with writev: fewer instructions per small response (callgrind: -2%) at the price of
+    // with writev: fewer instructions per small response (bench/instructions) at the price of
     // copying body bytes into the buffer, which stays bounded (backpressure at its limit).
-    builder.http1().writev(false);
+    builder
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
     let ctx = Arc::new(Ctx {
         state,
         router,
         worker,
     });
+    let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff = Duration::ZERO;
+                        x
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
+                        accept_failed(&e, backoff);
+                        tokio::time::sleep(backoff).await;
                         continue;
                     }
                 };
+                let metrics = &ctx.state.listener_metrics;
+                if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    metrics.conns_refused.fetch_add(1, Ordering::Relaxed);
+                    refuse_connection(stream, limits.max_connections);
+                    continue;
+                }
+                metrics.open.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
-                let ctx = ctx.clone();
-                let svc = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
-                });
+                let activity = Arc::new(AtomicU64::new(0));
+                let svc = {
+                    let (ctx, activity) = (ctx.clone(), activity.clone());
+                    service_fn(move |req| {
+                        activity.fetch_add(1, Ordering::Relaxed);
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                    })
+                };
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = Drained::new(conn, drain.clone());
+                let conn = Drained::new(conn, drain.clone(), Slot {
+                    open: open.clone(),
+                    state: ctx.state.clone(),
+                    activity,
+                    idle_after: limits.header_read_timeout,
+                    idle_timeout: limits.idle_timeout,
+                });
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -285,6 +346,56 @@ async fn accept_loop(
             "in-flight requests still running after the grace period; closing them"
         );
     }
+}
+
+/// Logs a failed accept: at warn when the pause grows (a handful of lines per streak of
+/// errors), at debug once it is at its longest.
+#[cold]
+#[inline(never)]
+fn accept_failed(e: &std::io::Error, backoff: Duration) {
+    if backoff < MAX_ACCEPT_BACKOFF {
+        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed (out of file descriptors?); backing off");
+    } else {
+        tracing::debug!(error = %e, "accept failed; backing off");
+    }
+}
+
+/// Answers a connection past `max_connections` with a 503 and closes it. The close lingers
+/// for at most [`REFUSAL_LINGER`], reading (and dropping) what the client sent, so that the
+/// kernel ends the connection with a FIN after the answer rather than a reset that could
+/// destroy it.
+#[cold]
+#[inline(never)]
+fn refuse_connection(stream: TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tracing::warn!(
+        max_connections = max,
+        "connection refused: too many open connections"
+    );
+    let body = format!(
+        "{{\"error\":{{\"message\":\"tokenrelay: too many open connections (max_connections = {max})\",\"type\":\"tokenrelay_error\",\"code\":\"too_many_connections\"}}}}"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024;
+            while left > 0 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => left -= n.min(left),
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
 }
 
 /// The connections of one accept loop, told once to finish gracefully when shutdown begins.
@@ -360,31 +471,61 @@ impl Drain {
     }
 }
 
-/// A connection that shuts down gracefully once its [`Drain`] begins (boxed once per
-/// connection, so that this wrapper is `Unpin`).
+/// What a connection holds of its listener: its place under `max_connections`, and its idle
+/// clock.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    state: Arc<State>,
+    /// Requests the connection has received (counted by its service).
+    activity: Arc<AtomicU64>,
+    /// How long the connection may go without its first request (the header read timeout:
+    /// this also bounds a client that connects and sends nothing, before the HTTP version is
+    /// known).
+    idle_after: Duration,
+    /// How long it may go without a new request after that.
+    idle_timeout: Duration,
+}
+
+/// A connection that shuts down gracefully once its [`Drain`] begins, or once it has gone
+/// without a new request for its idle time (streams still running finish first). Boxed once
+/// per connection, so that this wrapper is `Unpin`.
 struct Drained<C> {
     conn: Pin<Box<C>>,
     drain: Arc<Drain>,
     id: u64,
     registered: bool,
     told: bool,
+    slot: Slot,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    /// The request count when `idle` was last set.
+    seen: u64,
 }
 
 impl<C> Drop for Drained<C> {
     fn drop(&mut self) {
         self.drain.leave(self.id);
+        self.slot.open.fetch_sub(1, Ordering::AcqRel);
+        self.slot
+            .state
+            .listener_metrics
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl<C> Drained<C> {
-    fn new(conn: C, drain: Arc<Drain>) -> Self {
+    fn new(conn: C, drain: Arc<Drain>, slot: Slot) -> Self {
         let id = drain.join();
+        let idle = Box::pin(tokio::time::sleep(slot.idle_after));
         Drained {
             conn: Box::pin(conn),
             drain,
             id,
             registered: false,
             told: false,
+            slot,
+            idle,
+            seen: 0,
         }
     }
 }
@@ -398,8 +539,23 @@ impl<C: GracefulConnection> Future for Drained<C> {
             let begun = this.drain.begun.load(Ordering::Acquire)
                 || (!this.registered && !this.drain.register(this.id, cx.waker()));
             this.registered = true;
-            if begun {
+            let idle = !begun && this.idle.as_mut().poll(cx).is_ready() && {
+                let now = this.slot.activity.load(Ordering::Relaxed);
+                let quiet = now == this.seen;
+                if !quiet {
+                    // Requests came since: wait one more idle time from now.
+                    this.seen = now;
+                    let at = tokio::time::Instant::now() + this.slot.idle_timeout;
+                    this.idle.as_mut().reset(at);
+                    let _ = this.idle.as_mut().poll(cx);
+                }
+                quiet
+            };
+            if begun || idle {
                 this.told = true;
+                if idle {
+                    tracing::debug!("closing an idle connection");
+                }
                 this.conn.as_mut().graceful_shutdown();
             }
         }

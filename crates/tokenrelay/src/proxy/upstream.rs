@@ -501,6 +501,9 @@ impl UpstreamClient {
             });
             *lock(&pool.h2) = Some(tx.clone());
             *req.uri_mut() = self.absolute(req.uri());
+            // RFC 9113 §8.3.1: the authority goes in `:authority` (from the URI), and a
+            // `Host` beside it is a duplicate that nginx answers with 400.
+            req.headers_mut().remove(http::header::HOST);
             let resp = tx.send_request(req).await.map_err(SendError::Http)?;
             return Ok(resp.map(PooledBody::spawned));
         }
@@ -576,10 +579,15 @@ impl UpstreamClient {
             return Err(req);
         }
         *req.uri_mut() = self.absolute(req.uri());
+        // `:authority` only (see `send_on_new_connection`).
+        let host = req.headers_mut().remove(http::header::HOST);
         match Attempt::of(tx.try_send_request(req).await) {
             Attempt::Done(resp) => Ok(Ok(resp.map(PooledBody::spawned))),
             Attempt::Again(mut r) => {
                 *r.uri_mut() = origin_form(r.uri());
+                if let Some(host) = host {
+                    r.headers_mut().insert(http::header::HOST, host);
+                }
                 Err(r)
             }
             Attempt::Failed(e) => Ok(Err(SendError::Http(e))),

@@ -31,6 +31,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
 use crate::token::Token;
 
 pub mod assertion;
@@ -166,6 +167,11 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
         fp.add("describe", self.describe().as_bytes());
         Ok(())
     }
+
+    /// Hands the source a refresh token kept from an earlier process (one it attached to a
+    /// token with [`Token::with_refresh_token`]), to use in preference to its configured input.
+    /// The default ignores it: only sources whose refresh tokens rotate keep one.
+    fn resume_refresh_token(&self, _refresh: Secret) {}
 
     /// Whether the helper's cross-process cache is worth using for this source (false for
     /// sources that are as cheap to read as the cache itself: env, file, static).

@@ -13,19 +13,22 @@ use super::http::IdpClient;
 use super::inputs::SecretInput;
 use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, OAuthClient};
 use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::token::Token;
 
 /// Gets access tokens with a refresh token. When the server rotates the refresh token, the new
 /// one is used from then on and, if it came from a file, written back to that file (mode 0600,
-/// via a temporary file and an atomic rename).
+/// via a temporary file and an atomic rename). A rotated token its input does not hold (a
+/// variable, or a failed write-back) rides on the tokens given ([`Token::refresh_token`]) so
+/// the helper's cache keeps it across processes.
 #[derive(Debug)]
 pub struct RefreshTokenSource {
     token_url: String,
     client: OAuthClient,
     refresh: SecretInput,
-    /// The rotated token, when it could not be written back (it came from a variable).
+    /// The refresh token in use when its input does not hold it: rotated from a variable,
+    /// not written back to its file, or resumed from the helper's cache.
     rotated: Mutex<Option<Secret>>,
     scope: Option<String>,
     http: IdpClient,
@@ -62,28 +65,39 @@ impl RefreshTokenSource {
         self.refresh.read(origin, "refresh token")
     }
 
-    fn store(&self, origin: &str, new: Secret) -> Result<()> {
-        match &self.refresh {
-            SecretInput::File(path) => write_private(path, new.expose()).map_err(|e| {
-                Error::new(
-                    origin,
-                    ErrorKind::Unavailable(format!(
-                        "cannot write the rotated refresh token to {}: {e}",
-                        path.display()
-                    )),
-                )
-            }),
+    /// Makes `new` the refresh token used from now on. A file input gets it written back; when
+    /// that fails (read-only file or directory), or the input is a variable, it is kept in
+    /// memory and attached to the tokens this source gives, so nothing is lost: the access
+    /// token is still answered and the failure is logged once, here.
+    fn store(&self, new: Secret) {
+        let written = match &self.refresh {
+            SecretInput::File(path) => match write_private(path, new.expose()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        "cannot write the rotated refresh token back; keeping it in memory (and in the helper's cache)"
+                    );
+                    false
+                }
+            },
             SecretInput::Env(name, _) => {
                 tracing::warn!(
                     variable = %name,
-                    "the server rotated the refresh token; it is kept in memory only (use refresh_token_file to persist it)"
+                    "the server rotated the refresh token; it is kept in memory and in the helper's cache only (use refresh_token_file to persist it)"
                 );
-                if let Ok(mut r) = self.rotated.lock() {
-                    *r = Some(new);
-                }
-                Ok(())
+                false
             }
+        };
+        if let Ok(mut r) = self.rotated.lock() {
+            *r = (!written).then_some(new);
         }
+    }
+
+    /// The refresh token the configured input does not hold, if any.
+    fn unsaved(&self) -> Option<Secret> {
+        self.rotated.lock().ok().and_then(|r| r.clone())
     }
 }
 
@@ -99,7 +113,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tokenrelay-{}", std::process::id()));
+    // A random name, created exclusively: a temporary file left by a crashed process (even
+    // one with our pid, e.g. pid 1 in a container) never blocks the write.
+    let tmp = dir.join(format!(".{name}.tokenrelay-{:016x}", rand::random::<u64>()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -141,10 +157,14 @@ impl Source for RefreshTokenSource {
         if let Some(new) = resp.refresh_token.take() {
             if new != refresh {
                 tracing::debug!("refresh token rotated");
-                self.store(&origin, new)?;
+                self.store(new);
             }
         }
-        Ok(resp.into_token(origin, now, self.default_ttl))
+        let token = resp.into_token(origin, now, self.default_ttl);
+        Ok(match self.unsaved() {
+            Some(r) => token.with_refresh_token(r),
+            None => token,
+        })
     }
     fn kind(&self) -> &'static str {
         "refresh-token"
@@ -154,6 +174,11 @@ impl Source for RefreshTokenSource {
     }
     fn timeout(&self) -> Duration {
         self.timeout
+    }
+    fn resume_refresh_token(&self, refresh: Secret) {
+        if let Ok(mut r) = self.rotated.lock() {
+            *r = Some(refresh);
+        }
     }
     fn fingerprint(&self, fp: &mut Fingerprint) -> Result<()> {
         fp.add("kind", b"refresh-token");
