@@ -16,6 +16,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 e2e_init faults
 command -v python3 >/dev/null || fail "python3 is not installed"
+# the refresh-token fault makes a directory immutable (chattr +i) and clears it itself; if the
+# run is cut short, clear it here so that the scratch directory can be removed
+trap 'code=$?; chattr -i "$WORK/rt-dir" 2>/dev/null || true; (exit $code); e2e_cleanup' EXIT
 
 # 2,000 idle connections: the client and tokenrelay (which inherits this) both need the files.
 ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
