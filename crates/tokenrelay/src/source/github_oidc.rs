@@ -160,7 +160,8 @@ impl Source for GithubOidc {
             })?;
         Ok(Token::new(secret, ClientAssertion::describe(self))
             .acquired_at(now)
-            .expires_at(exp))
+            .expires_at(exp)
+            .capped_at(now))
     }
     fn kind(&self) -> &'static str {
         "github-oidc"

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::output::check_token_text;
+use super::output::{check_token_text, seconds};
 use crate::error::{one_line, Error, ErrorKind, Result};
 use crate::jwt;
 use crate::secret::Secret;
@@ -320,7 +320,10 @@ impl TokenResponse {
         now: SystemTime,
         default_ttl: Duration,
     ) -> crate::Token {
-        let expiry = self.expires_at.unwrap_or(now + default_ttl);
+        let expiry = match self.expires_at {
+            Some(at) => crate::token::cap_expiry(now, at),
+            None => crate::token::expiry_after(now, default_ttl.as_secs()),
+        };
         crate::Token::new(self.access_token, origin)
             .acquired_at(now)
             .expires_at(expiry)
@@ -357,12 +360,12 @@ pub fn parse_token_response(
         .map_err(|e| ErrorKind::InvalidResponse(format!("access_token: {e}")))?;
     let expires_at = v
         .get("expires_on")
-        .and_then(as_secs)
+        .and_then(seconds)
         .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
         .or_else(|| {
             v.get("expires_in")
-                .and_then(as_secs)
-                .map(|s| now + Duration::from_secs(s))
+                .and_then(seconds)
+                .map(|s| crate::token::expiry_after(now, s))
         })
         .or_else(|| {
             jwt::looks_like_jwt(token)
@@ -403,12 +406,6 @@ pub fn rejected(resp: &IdpResponse) -> ErrorKind {
         error: field("error"),
         description: field("error_description"),
     }
-}
-
-fn as_secs(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
 #[cfg(test)]
@@ -460,6 +457,35 @@ mod tests {
         assert_eq!(t.expires_at, Some(at(1_060)));
         let t = parse_token_response(&resp(200, r#"{"access_token":"a"}"#), now).unwrap();
         assert_eq!(t.expires_at, None);
+    }
+
+    #[test]
+    fn huge_or_odd_lifetimes_never_overflow() {
+        let now = at(1_000);
+        let cap = now + crate::MAX_TOKEN_LIFETIME;
+        for body in [
+            r#"{"access_token":"a","expires_in":10000000000000000000}"#,
+            r#"{"access_token":"a","expires_in":1e308}"#,
+            r#"{"access_token":"a","expires_in":"1e300"}"#,
+        ] {
+            let t = parse_token_response(&resp(200, body), now).unwrap();
+            assert_eq!(t.expires_at, Some(cap), "{body}");
+        }
+        // negative or NaN: ignored, as an absent expires_in is
+        for body in [
+            r#"{"access_token":"a","expires_in":-5}"#,
+            r#"{"access_token":"a","expires_in":"NaN"}"#,
+        ] {
+            let t = parse_token_response(&resp(200, body), now).unwrap();
+            assert_eq!(t.expires_at, None, "{body}");
+        }
+        let t = parse_token_response(
+            &resp(200, r#"{"access_token":"a","expires_on":99999999999}"#),
+            now,
+        )
+        .unwrap();
+        let tok = t.into_token("o".into(), now, Duration::from_secs(60));
+        assert_eq!(tok.expiry(), Some(cap));
     }
 
     #[test]

@@ -111,10 +111,7 @@ impl Source for ManagedIdentitySource {
             })
             .await?;
         let t = parse_token_response(&resp, now).map_err(|k| Error::new(&*origin, k))?;
-        let expiry = t.expires_at.unwrap_or(now + DEFAULT_TTL);
-        Ok(Token::new(t.access_token, origin)
-            .acquired_at(now)
-            .expires_at(expiry))
+        Ok(t.into_token(origin, now, DEFAULT_TTL))
     }
     fn kind(&self) -> &'static str {
         "managed-identity"
