@@ -216,8 +216,8 @@ impl ManagedIdentityConfig {
             }
             (None, None) => Endpoint::Imds(IMDS_ENDPOINT.to_owned()),
         };
-        let http =
-            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
+        // Metadata endpoints answer only to this machine: never through HTTPS_PROXY.
+        let http = IdpClient::direct(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         Ok(Arc::new(ManagedIdentitySource {
             endpoint,
             selector,
