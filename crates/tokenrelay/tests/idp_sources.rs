@@ -518,3 +518,34 @@ async fn helper_keeps_a_refresh_token_its_file_could_not_take() {
         .unwrap();
     assert_eq!(t.secret().expose(), "at-3");
 }
+
+#[test]
+fn plain_http_to_an_identity_provider_is_a_config_error_naming_the_key() {
+    let cases = [
+        ("kind = \"oauth2\"\ntoken_url = \"http://idp.example.com/token\"\nclient_id = \"c\"\nclient_secret_env = \"CS\"", "token_url"),
+        ("kind = \"refresh-token\"\ntoken_url = \"http://idp.example.com/token\"\nclient_id = \"c\"\nrefresh_token_env = \"RT\"", "token_url"),
+        ("kind = \"entra-federated\"\ntenant_id = \"t\"\nclient_id = \"c\"\nfederated_token_file = \"/x\"\nauthority_host = \"http://login.example.com\"", "authority_host"),
+        ("kind = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nweb_identity_token_file = \"/x\"\nendpoint = \"http://sts.example.com\"", "endpoint"),
+        ("kind = \"managed-identity\"\nendpoint = \"http://10.0.0.1:8080\"", "endpoint"),
+        ("kind = \"token-exchange\"\ntoken_url = \"http://idp.example.com/token\"\n[provider.source.subject]\nkind = \"static\"\nvalue_env = \"S\"", "token_url"),
+    ];
+    for (source, key) in cases {
+        let err = match build(None, source, &[("CS", "s"), ("RT", "r"), ("S", "x")]) {
+            Ok(_) => panic!("{source}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            err,
+            format!("provider[0] (p).source.{key}: invalid configuration: http:// is only allowed for loopback and link-local hosts; use https://"),
+            "{source}"
+        );
+    }
+    // loopback and link-local hosts keep working over plain HTTP
+    for source in [
+        "kind = \"oauth2\"\ntoken_url = \"http://localhost:9/token\"\nclient_id = \"c\"\nclient_secret_env = \"CS\"",
+        "kind = \"managed-identity\"\nendpoint = \"http://169.254.169.254\"",
+        "kind = \"managed-identity\"\nendpoint = \"http://[::1]:9\"",
+    ] {
+        assert!(build(None, source, &[("CS", "s")]).is_ok(), "{source}");
+    }
+}
