@@ -471,10 +471,11 @@ async fn failed_write_back_keeps_the_rotated_token_and_the_access_token() {
 #[tokio::test]
 async fn helper_keeps_a_rotated_refresh_token_across_processes() {
     use tokenrelay::persist::{Lookup, Served, SharedCache};
-    let (idp, _) = rotating_idp(1).await;
+    let (idp, current) = rotating_idp(1).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = SharedCache::open(&dir.path().join("cache")).unwrap();
-    let process = || refresh_source(&idp, "refresh_token_env = \"RT\"", &[("RT", "rt-1")]);
+    let process_with = |rt: &str| refresh_source(&idp, "refresh_token_env = \"RT\"", &[("RT", rt)]);
+    let process = || process_with("rt-1");
     let run = |src: Arc<dyn tokenrelay::Source>, lookup| {
         let cache = cache.clone();
         async move { cache.get(src.as_ref(), &req(None), lookup).await }
@@ -490,10 +491,17 @@ async fn helper_keeps_a_rotated_refresh_token_across_processes() {
     };
     let (t, _) = run(process(), lookup).await.unwrap();
     assert_eq!(t.secret().expose(), "at-4");
-    // the entry file holds it, 0600, and nothing in the directory names the old ones
+    // the entry file holds it, 0600
     for e in std::fs::read_dir(cache.dir()).unwrap().flatten() {
         assert_eq!(e.metadata().unwrap().permissions().mode() & 0o777, 0o600);
     }
+    // the user signs in again: the kept token is now rejected, the new configured one is used
+    *current.lock().unwrap() = "rt-fresh".into();
+    let lookup = Lookup {
+        invalidate_before: Some(std::time::SystemTime::now()),
+    };
+    let (t, _) = run(process_with("rt-fresh"), lookup).await.unwrap();
+    assert_eq!(t.secret().expose(), "at-5");
 }
 
 /// A failed write-back in one helper process is not lost for the next one either.
