@@ -133,6 +133,19 @@ fn exit_codes_and_one_line_errors() {
     ]));
     assert_eq!(code, 1);
     assert!(err.contains("timed out after 300ms"), "{err}");
+    // a cache directory open to others: refused, naming it and the fix, not re-moded
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (code, out, err) = run(bin()
+        .args(["token", "--command", "echo t", "--cache-dir"])
+        .arg(&open));
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("chmod 700 {}", open.display())),
+        "{err}"
+    );
     // usage errors: 2
     let (code, _, _) = run(bin().args(["token"]));
     assert_eq!(code, 2);

@@ -8,8 +8,8 @@ real identity code (e.g. a call into an SDK). Run it with:
 
     [provider.source]
     kind = "plugin"
-    command = "python3"
-    args = ["examples/token_plugin.py"]
+    command = "python3 examples/token_plugin.py"    # a shell line, as for kind = "command"
+    # args = ["python3", "examples/token_plugin.py"] # or argv form, no shell
 
 Test modes (first argument): `bare` answers strings, `hang` never answers scope "hang",
 `die` exits after each answer; scope "fail" always gets a JSON-RPC error.

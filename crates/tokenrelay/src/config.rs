@@ -557,16 +557,7 @@ impl SourceConfig {
                     .with_default_ttl(ttl(&c.default_ttl)),
             ),
             SourceConfig::Command(c) => {
-                let program = match (&c.command, &c.args) {
-                    (Some(line), None) if !line.trim().is_empty() => Program::Shell(line.clone()),
-                    (None, Some(argv)) if !argv.is_empty() => Program::Argv(argv.clone()),
-                    _ => {
-                        return Err(Error::config(
-                            path,
-                            "a command source takes exactly one of command (a shell line) or args (a non-empty list)",
-                        ))
-                    }
-                };
+                let program = Program::from_keys(path, "command", &c.command, &c.args)?;
                 let mut src = CommandSource::new(program)
                     .with_format(c.format)
                     .with_default_ttl(ttl(&c.default_ttl));

@@ -37,9 +37,10 @@ impl UnverifiedJwt {
 /// Reads a NumericDate claim (seconds since the epoch, integer or float).
 pub fn claim_time(claims: &Value, name: &str) -> Option<SystemTime> {
     let v = claims.get(name)?;
-    let secs = v
-        .as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?;
+    if !v.is_number() {
+        return None;
+    }
+    let secs = crate::source::output::seconds(v)?;
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 

@@ -55,4 +55,4 @@ pub use clock::{rfc3339, Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use secret::Secret;
 pub use source::{Source, TokenRequest};
-pub use token::{AwsCredentials, Token};
+pub use token::{cap_expiry, expiry_after, AwsCredentials, Token, MAX_TOKEN_LIFETIME};

@@ -6,6 +6,38 @@ use std::time::{Duration, SystemTime};
 
 use crate::secret::Secret;
 
+/// The longest a token is trusted past its acquisition (24 h), whatever its source states.
+///
+/// An answer claiming more (an `expires_in` of 10^19 seconds, a JWT `exp` in the year 3000)
+/// is treated as expiring 24 h after it was obtained, so it is refreshed after ~23 h 55 min
+/// instead of trusted for ever; no identity provider we speak to issues access tokens for
+/// longer (Entra at most 24 h, STS 12 h, GitHub OIDC minutes). The cap also keeps every later
+/// time computation (refresh time, backoff, the helper's cache file) far from overflow.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tokenrelay::{expiry_after, MAX_TOKEN_LIFETIME};
+/// let now = UNIX_EPOCH + Duration::from_secs(1_000);
+/// assert_eq!(expiry_after(now, 3600), now + Duration::from_secs(3600));
+/// assert_eq!(expiry_after(now, u64::MAX), now + MAX_TOKEN_LIFETIME);
+/// ```
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The expiry of a token that lives `secs` seconds from `now` (an `expires_in`), at most
+/// [`MAX_TOKEN_LIFETIME`] away. Never overflows.
+pub fn expiry_after(now: SystemTime, secs: u64) -> SystemTime {
+    let lifetime = Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME);
+    now.checked_add(lifetime).unwrap_or(now)
+}
+
+/// `at`, or [`MAX_TOKEN_LIFETIME`] after `now` if that is sooner.
+pub fn cap_expiry(now: SystemTime, at: SystemTime) -> SystemTime {
+    match now.checked_add(MAX_TOKEN_LIFETIME) {
+        Some(limit) => at.min(limit),
+        None => at,
+    }
+}
+
 /// AWS credentials carried by a token from an AWS source (the session token is the
 /// token's [`Token::secret`]).
 #[derive(Clone, Debug)]
@@ -69,6 +101,13 @@ impl Token {
     #[must_use]
     pub fn with_expiry(mut self, at: Option<SystemTime>) -> Self {
         self.expires_at = at;
+        self
+    }
+
+    /// Caps the expiry at [`MAX_TOKEN_LIFETIME`] after `now` (see [`cap_expiry`]).
+    #[must_use]
+    pub fn capped_at(mut self, now: SystemTime) -> Self {
+        self.expires_at = self.expires_at.map(|at| cap_expiry(now, at));
         self
     }
 

@@ -471,10 +471,11 @@ async fn failed_write_back_keeps_the_rotated_token_and_the_access_token() {
 #[tokio::test]
 async fn helper_keeps_a_rotated_refresh_token_across_processes() {
     use tokenrelay::persist::{Lookup, Served, SharedCache};
-    let (idp, _) = rotating_idp(1).await;
+    let (idp, current) = rotating_idp(1).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = SharedCache::open(&dir.path().join("cache")).unwrap();
-    let process = || refresh_source(&idp, "refresh_token_env = \"RT\"", &[("RT", "rt-1")]);
+    let process_with = |rt: &str| refresh_source(&idp, "refresh_token_env = \"RT\"", &[("RT", rt)]);
+    let process = || process_with("rt-1");
     let run = |src: Arc<dyn tokenrelay::Source>, lookup| {
         let cache = cache.clone();
         async move { cache.get(src.as_ref(), &req(None), lookup).await }
@@ -490,10 +491,17 @@ async fn helper_keeps_a_rotated_refresh_token_across_processes() {
     };
     let (t, _) = run(process(), lookup).await.unwrap();
     assert_eq!(t.secret().expose(), "at-4");
-    // the entry file holds it, 0600, and nothing in the directory names the old ones
+    // the entry file holds it, 0600
     for e in std::fs::read_dir(cache.dir()).unwrap().flatten() {
         assert_eq!(e.metadata().unwrap().permissions().mode() & 0o777, 0o600);
     }
+    // the user signs in again: the kept token is now rejected, the new configured one is used
+    *current.lock().unwrap() = "rt-fresh".into();
+    let lookup = Lookup {
+        invalidate_before: Some(std::time::SystemTime::now()),
+    };
+    let (t, _) = run(process_with("rt-fresh"), lookup).await.unwrap();
+    assert_eq!(t.secret().expose(), "at-5");
 }
 
 /// A failed write-back in one helper process is not lost for the next one either.
@@ -517,4 +525,35 @@ async fn helper_keeps_a_refresh_token_its_file_could_not_take() {
         .await
         .unwrap();
     assert_eq!(t.secret().expose(), "at-3");
+}
+
+#[test]
+fn plain_http_to_an_identity_provider_is_a_config_error_naming_the_key() {
+    let cases = [
+        ("kind = \"oauth2\"\ntoken_url = \"http://idp.example.com/token\"\nclient_id = \"c\"\nclient_secret_env = \"CS\"", "token_url"),
+        ("kind = \"refresh-token\"\ntoken_url = \"http://idp.example.com/token\"\nclient_id = \"c\"\nrefresh_token_env = \"RT\"", "token_url"),
+        ("kind = \"entra-federated\"\ntenant_id = \"t\"\nclient_id = \"c\"\nfederated_token_file = \"/x\"\nauthority_host = \"http://login.example.com\"", "authority_host"),
+        ("kind = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nweb_identity_token_file = \"/x\"\nendpoint = \"http://sts.example.com\"", "endpoint"),
+        ("kind = \"managed-identity\"\nendpoint = \"http://10.0.0.1:8080\"", "endpoint"),
+        ("kind = \"token-exchange\"\ntoken_url = \"http://idp.example.com/token\"\n[provider.source.subject]\nkind = \"static\"\nvalue_env = \"S\"", "token_url"),
+    ];
+    for (source, key) in cases {
+        let err = match build(None, source, &[("CS", "s"), ("RT", "r"), ("S", "x")]) {
+            Ok(_) => panic!("{source}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            err,
+            format!("provider[0] (p).source.{key}: invalid configuration: http:// is only allowed for loopback and link-local hosts; use https://"),
+            "{source}"
+        );
+    }
+    // loopback and link-local hosts keep working over plain HTTP
+    for source in [
+        "kind = \"oauth2\"\ntoken_url = \"http://localhost:9/token\"\nclient_id = \"c\"\nclient_secret_env = \"CS\"",
+        "kind = \"managed-identity\"\nendpoint = \"http://169.254.169.254\"",
+        "kind = \"managed-identity\"\nendpoint = \"http://[::1]:9\"",
+    ] {
+        assert!(build(None, source, &[("CS", "s")]).is_ok(), "{source}");
+    }
 }

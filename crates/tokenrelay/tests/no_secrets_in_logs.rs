@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::*;
 use tokenrelay::proxy::ProxyOptions;
-use tokenrelay::source::{CommandSource, EnvSource, MapEnv};
+use tokenrelay::source::{CommandSource, EnvSource, MapEnv, PluginSource};
 use tokenrelay::{Cache, Secret, Source, TokenRequest};
 
 #[derive(Clone, Default)]
@@ -63,6 +63,19 @@ async fn trace_logs_never_contain_token_bytes() {
         .unwrap_err();
     debug_prints.push_str(&format!("{e} {e:?}"));
     debug_prints.push_str(&format!("{:?}", Secret::new(MARK)));
+    // command lines carrying a secret in an assignment or an argument: described, logged
+    // and shown in /status by the program name only
+    let cache = Cache::new(Arc::new(CommandSource::shell(format!(
+        "VAULT_TOKEN={MARK}-vault env KEY={MARK} sh -c 'exit 3' --password={MARK}"
+    ))));
+    let e = cache.get(&TokenRequest::new("p")).await.unwrap_err();
+    assert_eq!(e.to_string(), "command source `sh`: exited with status 3");
+    let status = cache.status();
+    debug_prints.push_str(&format!("{e:?} {cache:?} {status:?}"));
+    let plugin = PluginSource::shell(format!("TOKEN={MARK}-plugin sh -c 'exit 1' {MARK}"));
+    let e = plugin.acquire(&TokenRequest::new("p")).await.unwrap_err();
+    assert!(e.to_string().starts_with("plugin source `sh`: "), "{e}");
+    debug_prints.push_str(&format!("{e} {e:?} {}", plugin.describe()));
 
     // identity sources: a client secret, an issued token, a federated assertion, a failure
     let idp = fake_idp::FakeIdp::start(|r, _| {

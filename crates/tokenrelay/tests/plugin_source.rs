@@ -112,3 +112,20 @@ async fn errors_are_one_line() {
         .to_string();
     assert!(err.contains("cannot start `/nonexistent/plugin`"), "{err}");
 }
+
+#[tokio::test]
+async fn command_is_a_shell_line_like_a_command_source() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/token_plugin.py");
+    let toml = format!(
+        "[[provider]]\nname = \"a\"\n[provider.source]\nkind = \"plugin\"\ncommand = \"PLUGIN_KEY=s3cr3t python3 {script}\"\n"
+    );
+    let cfg = tokenrelay::config::Config::from_toml(&toml, "t.toml").unwrap();
+    let env: tokenrelay::source::SharedEnv = Arc::new(tokenrelay::source::MapEnv::default());
+    let src = cfg.providers[0]
+        .source
+        .build("provider.a.source", &env)
+        .unwrap();
+    assert_eq!(src.describe(), "plugin source `python3`");
+    let t = src.acquire(&req("azure", None)).await.unwrap();
+    assert!(t.secret().expose().ends_with("-azure-1"), "{t:?}");
+}

@@ -14,6 +14,7 @@ pub mod policy;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -572,11 +573,25 @@ impl Entry {
     }
 
     /// One acquisition: runs the source, stores the result, clears the in-flight slot.
+    ///
+    /// A source that panics counts as a failed acquisition ("token acquisition panicked"): it
+    /// is recorded and backed off like any other, and the slot is cleared whatever happens
+    /// (a guard does it on unwind too), so the next `get` asks the source again.
     async fn acquire_once(self: Arc<Self>) -> Result<CachedToken> {
-        let result = acquire_with_timeout(self.source.as_ref(), &self.req).await;
+        let _clear = ClearFlight(&self);
+        let result = AssertUnwindSafe(acquire_with_timeout(self.source.as_ref(), &self.req))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    self.source.describe(),
+                    ErrorKind::Unavailable("token acquisition panicked".into()),
+                ))
+            });
         let now = self.clock.now();
-        let out = match result {
+        match result {
             Ok(token) => {
+                let token = token.capped_at(now);
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let refresh_at = match token.expiry() {
                     Some(exp) => {
@@ -657,9 +672,7 @@ impl Entry {
                 self.wake.notify_one();
                 Err(err)
             }
-        };
-        *self.lock_flight() = None;
-        out
+        }
     }
 
     /// Whether a failed acquisition's backoff is still running at `now`.
@@ -706,6 +719,16 @@ impl Entry {
             None if self.consecutive_failures.load(Ordering::Relaxed) > 0 => Some(backoff),
             None => None,
         }
+    }
+}
+
+/// Empties an entry's in-flight slot when dropped: at the end of an acquisition, and also
+/// if it unwinds or its task is cancelled, so that a later `get` starts a new one.
+struct ClearFlight<'a>(&'a Entry);
+
+impl Drop for ClearFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.lock_flight() = None;
     }
 }
 

@@ -419,3 +419,85 @@ async fn min_remaining_respects_backoff_after_a_failed_refresh() {
         "no acquisition per request while backing off"
     );
 }
+
+/// Panics on its first acquisition, answers `tok-2` on the second.
+#[derive(Debug, Default)]
+struct PanicsFirst {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Source for PanicsFirst {
+    async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 1 {
+            panic!("source bug");
+        }
+        let now = SystemTime::now();
+        Ok(Token::new(Secret::new(format!("tok-{n}")), "panics-first")
+            .acquired_at(now)
+            .expires_at(now + Duration::from_secs(600)))
+    }
+    fn kind(&self) -> &'static str {
+        "panics-first"
+    }
+    fn describe(&self) -> String {
+        "panics-first source".into()
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_source_is_a_recorded_failure_and_is_asked_again() {
+    let src = Arc::new(PanicsFirst::default());
+    let entry = Cache::new(src.clone())
+        .with_options(lazy())
+        .entry(TokenRequest::new("p"));
+    let err = entry.get().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "panics-first source: token acquisition panicked"
+    );
+    let st = entry.status();
+    assert_eq!(st.failures, 1);
+    let (_, last) = st.last_error.unwrap();
+    assert!(last.contains("token acquisition panicked"), "{last}");
+    assert!(entry.0.in_backoff(SystemTime::now()));
+    // The in-flight slot was cleared: the source is called again and its token served.
+    assert_eq!(secret(&entry.get().await.unwrap()), "tok-2");
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    assert!(entry.status().last_error.is_none());
+}
+
+/// Answers with an expiry at the far end of what `SystemTime` holds.
+#[derive(Debug)]
+struct FarFuture(ManualClock);
+
+#[async_trait]
+impl Source for FarFuture {
+    async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
+        Ok(Token::new(Secret::new("far"), "far")
+            .acquired_at(self.0.now())
+            .expires_at(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2)))
+    }
+    fn kind(&self) -> &'static str {
+        "far"
+    }
+    fn describe(&self) -> String {
+        "far source".into()
+    }
+}
+
+#[tokio::test]
+async fn stated_expiry_is_capped_at_the_maximum_lifetime() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let t0 = clock.now();
+    let entry = Cache::new(Arc::new(FarFuture(clock.clone())))
+        .with_clock(Arc::new(clock.clone()))
+        .with_options(lazy())
+        .entry(TokenRequest::new("p"));
+    let t = entry.get().await.unwrap();
+    assert_eq!(t.token().expiry(), Some(t0 + crate::MAX_TOKEN_LIFETIME));
+    assert!(t.refresh_at() < t0 + crate::MAX_TOKEN_LIFETIME);
+    clock.advance(crate::MAX_TOKEN_LIFETIME);
+    assert!(entry.try_get().is_none());
+}

@@ -307,9 +307,9 @@ impl SharedCache {
     }
 
     /// Removes entries whose token expired more than [`PRUNE_AFTER`] ago (entries holding a
-    /// refresh token: last acquired more than [`PRUNE_REFRESH_AFTER`] ago) and temporary files
-    /// left by crashed writes. Returns how many files were removed. Runs whenever an entry is
-    /// written.
+    /// refresh token: last acquired more than [`PRUNE_REFRESH_AFTER`] ago) with their lock
+    /// files, and temporary files left by crashed writes. Returns how many files were removed.
+    /// Runs whenever an entry is written.
     pub fn prune(&self) -> usize {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return 0;
@@ -333,6 +333,14 @@ impl SharedCache {
             };
             if remove && fs::remove_file(&p).is_ok() {
                 n += 1;
+                // Its lock too, or locks pile up. Should a process be opening it right now,
+                // the worst case is one extra acquisition (entries with a refresh token,
+                // where that would matter, are kept far longer).
+                if p.extension().is_some_and(|x| x == "json")
+                    && fs::remove_file(p.with_extension("lock")).is_ok()
+                {
+                    n += 1;
+                }
             }
         }
         n

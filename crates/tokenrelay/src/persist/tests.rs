@@ -327,6 +327,8 @@ async fn writing_an_entry_prunes_long_expired_ones_but_keeps_refresh_tokens() {
         p
     };
     let ancient = entry("ancient", PRUNE_AFTER + Duration::from_secs(60), None);
+    let ancient_lock = ancient.with_extension("lock");
+    fs::write(&ancient_lock, "").unwrap();
     let recent = entry("recent", Duration::from_secs(60), None);
     let keeps_rt = entry("rt", PRUNE_AFTER * 2, Some("rt-9"));
     let stale_tmp = cache.dir().join(format!("{}leftover", files::TMP_PREFIX));
@@ -348,6 +350,7 @@ async fn writing_an_entry_prunes_long_expired_ones_but_keeps_refresh_tokens() {
         .await
         .unwrap();
     assert!(!ancient.exists(), "expired more than PRUNE_AFTER ago");
+    assert!(!ancient_lock.exists(), "with its lock file");
     assert!(!stale_tmp.exists(), "a crashed write's leftover");
     assert!(recent.exists(), "expired only a minute ago");
     assert!(keeps_rt.exists(), "holds a refresh token");

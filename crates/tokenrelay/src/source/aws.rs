@@ -189,6 +189,7 @@ impl Source for AwsWebIdentitySource {
         Ok(Token::new(session, origin)
             .acquired_at(now)
             .expires_at(expires)
+            .capped_at(now)
             .with_aws(creds))
     }
     fn kind(&self) -> &'static str {

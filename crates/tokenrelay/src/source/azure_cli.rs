@@ -200,10 +200,16 @@ mod tests {
     async fn parses_real_expiry_and_passes_scope() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("args");
+        // an hour from now, to the second (az prints epoch seconds)
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
         let path = fake_az(
             dir.path(),
             &format!(
-                "echo \"$@\" > {}\ncat <<'EOF'\n{{\"accessToken\":\"az-tok\",\"expiresOn\":\"2033-05-18 03:33:20.000000\",\"expires_on\":2000000000,\"subscription\":\"s\",\"tenant\":\"t\",\"tokenType\":\"Bearer\"}}\nEOF",
+                "echo \"$@\" > {}\ncat <<'EOF'\n{{\"accessToken\":\"az-tok\",\"expiresOn\":\"2033-05-18 03:33:20.000000\",\"expires_on\":{exp},\"subscription\":\"s\",\"tenant\":\"t\",\"tokenType\":\"Bearer\"}}\nEOF",
                 log.display()
             ),
         );
@@ -211,7 +217,7 @@ mod tests {
         assert_eq!(t.secret().expose(), "az-tok");
         assert_eq!(
             t.expiry(),
-            Some(std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(exp))
         );
         assert_eq!(
             std::fs::read_to_string(log).unwrap().trim(),

@@ -34,6 +34,133 @@ pub enum Program {
     Argv(Vec<String>),
 }
 
+impl Program {
+    /// The program from a source table's `command` (a shell line) and `args` (a program and
+    /// its arguments) keys, of which exactly one must be set. The command and plugin sources
+    /// both read their process this way.
+    ///
+    /// # Errors
+    /// A config error at `path` when neither or both are set, or the one set is empty.
+    pub fn from_keys(
+        path: &str,
+        kind: &str,
+        command: &Option<String>,
+        args: &Option<Vec<String>>,
+    ) -> Result<Self> {
+        match (command, args) {
+            (Some(line), None) if !line.trim().is_empty() => Ok(Program::Shell(line.clone())),
+            (None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                Ok(Program::Argv(argv.clone()))
+            }
+            _ => Err(Error::config(
+                path,
+                format!(
+                    "a {kind} source takes exactly one of command (a shell line, run with sh -c) \
+                     or args (a non-empty list, program first, run without a shell)"
+                ),
+            )),
+        }
+    }
+
+    /// The process to start, not yet spawned: `sh -c LINE` or the argv, in a process group of
+    /// its own (so that the whole group can be killed), killed when dropped.
+    ///
+    /// # Errors
+    /// A config error naming `origin` for an empty argument list.
+    pub(crate) fn process(&self, origin: &str) -> Result<Command> {
+        let mut cmd = match self {
+            Program::Shell(line) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(line);
+                c
+            }
+            Program::Argv(argv) => {
+                let (prog, args) = argv
+                    .split_first()
+                    .ok_or_else(|| Error::config(origin, "the command's argument list is empty"))?;
+                let mut c = Command::new(prog);
+                c.args(args);
+                c
+            }
+        };
+        cmd.process_group(0).kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// The program as written (a path or a name), past leading `VAR=value` assignments and
+    /// wrappers such as `env`; never an argument. For "cannot run" messages.
+    pub(crate) fn path(&self) -> &str {
+        match self {
+            Program::Shell(line) => program_word(line.split_whitespace()),
+            Program::Argv(argv) => program_word(argv.iter().map(String::as_str)),
+        }
+    }
+
+    /// The program's file name, for descriptions in logs and `/status`: a command line may
+    /// carry secrets in its assignments and arguments, so only this is shown.
+    ///
+    /// ```
+    /// use tokenrelay::source::Program;
+    /// let p = Program::Shell("VAULT_TOKEN=s.x /usr/bin/vault read -field=token kv/x".into());
+    /// assert_eq!(p.label(), "vault");
+    /// let p = Program::Argv(vec!["env".into(), "-u".into(), "HOME".into(), "K=v".into(), "az".into()]);
+    /// assert_eq!(p.label(), "az");
+    /// ```
+    pub fn label(&self) -> &str {
+        let path = self.path();
+        path.rsplit('/').next().unwrap_or(path)
+    }
+}
+
+/// Wrappers that run the next word as the program (their options are skipped too).
+const WRAPPERS: &[&str] = &[
+    "env", "exec", "command", "builtin", "nohup", "nice", "time", "sudo", "doas",
+];
+
+/// Wrapper options that take a value as the next word (`env -u NAME`, `sudo -u USER`).
+const WRAPPER_OPTIONS_WITH_VALUE: &[&str] =
+    &["-u", "-C", "-S", "-g", "-n", "-p", "--unset", "--chdir"];
+
+/// The first word that is neither an assignment, a wrapper nor a wrapper's option, cut at the
+/// first shell operator (`FOO=1 get|jq` gives `get`).
+fn program_word<'a>(words: impl IntoIterator<Item = &'a str>) -> &'a str {
+    let mut words = words
+        .into_iter()
+        .map(|w| w.trim_matches(|c| c == '"' || c == '\''));
+    let mut wrapped = false;
+    while let Some(w) = words.next() {
+        if is_assignment(w) || WRAPPERS.contains(&w) {
+            wrapped |= !is_assignment(w);
+            continue;
+        }
+        if wrapped && w.starts_with('-') {
+            if WRAPPER_OPTIONS_WITH_VALUE.contains(&w) {
+                words.next();
+            }
+            continue;
+        }
+        return w
+            .split(|c: char| "|;&<>()`$".contains(c))
+            .next()
+            .unwrap_or("");
+    }
+    ""
+}
+
+/// Whether `w` is a shell assignment `NAME=value`.
+fn is_assignment(w: &str) -> bool {
+    match w.split_once('=') {
+        Some((name, _)) => {
+            let mut chars = name.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        None => false,
+    }
+}
+
 /// A source that runs a command for each acquisition.
 ///
 /// The command sees `TOKENRELAY_PROVIDER` and `TOKENRELAY_SCOPE` (when the request has a
@@ -83,38 +210,15 @@ impl CommandSource {
         self
     }
 
-    fn program_name(&self) -> &str {
-        match &self.program {
-            Program::Shell(line) => line.split_whitespace().next().unwrap_or(""),
-            Program::Argv(argv) => argv.first().map(String::as_str).unwrap_or(""),
-        }
-    }
-
     fn err(&self, kind: ErrorKind) -> Error {
         Error::new(self.describe(), kind)
     }
 
     fn command(&self, req: &TokenRequest) -> Result<Command> {
-        let mut cmd = match &self.program {
-            Program::Shell(line) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(line);
-                c
-            }
-            Program::Argv(argv) => {
-                let (prog, args) = argv.split_first().ok_or_else(|| {
-                    Error::config(self.describe(), "the command's argument list is empty")
-                })?;
-                let mut c = Command::new(prog);
-                c.args(args);
-                c
-            }
-        };
+        let mut cmd = self.program.process(&self.describe())?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
             .env("TOKENRELAY_PROVIDER", req.provider());
         if let Some(scope) = req.scope() {
             cmd.env("TOKENRELAY_SCOPE", scope);
@@ -123,11 +227,18 @@ impl CommandSource {
     }
 }
 
-/// Kills a process group when dropped, unless disarmed.
-struct GroupGuard(Option<Pid>);
+/// Kills a process group when dropped (or at [`kill`](Self::kill), once).
+#[derive(Debug)]
+pub(crate) struct GroupGuard(Option<Pid>);
 
 impl GroupGuard {
-    fn kill(&mut self) {
+    /// Guards the group led by the child with process id `id` (spawned with
+    /// [`Program::process`], which makes it a group leader).
+    pub(crate) fn of(id: Option<u32>) -> Self {
+        GroupGuard(id.and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw))
+    }
+
+    pub(crate) fn kill(&mut self) {
         if let Some(pgid) = self.0.take() {
             // ESRCH (already gone) is fine.
             let _ = killpg(pgid, Signal::SIGKILL);
@@ -161,15 +272,10 @@ impl Source for CommandSource {
             };
             self.err(ErrorKind::CommandFailed(format!(
                 "cannot run `{}`: {e}{hint}",
-                self.program_name()
+                self.program.path()
             )))
         })?;
-        let mut guard = GroupGuard(
-            child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .map(Pid::from_raw),
-        );
+        let mut guard = GroupGuard::of(child.id());
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let out_task = tokio::spawn(async move {
@@ -247,7 +353,7 @@ impl Source for CommandSource {
     }
 
     fn describe(&self) -> String {
-        format!("command source `{}`", self.program_name())
+        format!("command source `{}`", self.program.label())
     }
 
     fn timeout(&self) -> Duration {
@@ -321,6 +427,40 @@ mod tests {
         let err = src.acquire(&req()).await.unwrap_err().to_string();
         assert!(err.contains("not a token"), "{err}");
         assert!(!err.contains("login"), "{err}");
+    }
+
+    #[test]
+    fn descriptions_name_only_the_program() {
+        for (line, want) in [
+            ("VAULT_TOKEN=s.x vault read -field=token kv/x", "vault"),
+            ("A=1 B=2 /opt/bin/get-token --secret s3cr3t", "get-token"),
+            (
+                "env -i HOME=/x KEY=s3cr3t az account get-access-token",
+                "az",
+            ),
+            ("env -u SECRET_A KEY=s3cr3t ./helper.sh", "helper.sh"),
+            ("exec nohup 'my-tool' --password=s3cr3t", "my-tool"),
+            ("sudo -u svc TOKEN=s3cr3t fetch", "fetch"),
+            ("TOKEN=s3cr3t get|jq -r .token", "get"),
+            ("X=s3cr3t", ""),
+        ] {
+            let src = CommandSource::shell(line);
+            assert_eq!(src.describe(), format!("command source `{want}`"), "{line}");
+        }
+        let argv = CommandSource::new(Program::Argv(vec![
+            "env".into(),
+            "TOKEN=s3cr3t".into(),
+            "/usr/local/bin/vault".into(),
+            "s3cr3t".into(),
+        ]));
+        assert_eq!(argv.describe(), "command source `vault`");
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_program_not_the_assignments() {
+        let src = CommandSource::shell("VAULT_TOKEN=s.s3cr3t sh -c 'echo oops >&2; exit 2'");
+        let err = src.acquire(&req()).await.unwrap_err().to_string();
+        assert_eq!(err, "command source `sh`: exited with status 2: oops");
     }
 
     #[tokio::test]

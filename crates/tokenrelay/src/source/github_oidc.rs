@@ -63,12 +63,9 @@ impl GithubOidc {
             .var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
             .filter(|v| !v.is_empty())
             .ok_or_else(|| hint("ACTIONS_ID_TOKEN_REQUEST_TOKEN"))?;
-        reqwest::Url::parse(&request_url).map_err(|e| {
-            Error::config(
-                path,
-                format!("ACTIONS_ID_TOKEN_REQUEST_URL is not a URL: {e}"),
-            )
-        })?;
+        // The request token is sent there: https://, or plain HTTP to a local host only.
+        super::http::check_idp_url(&request_url)
+            .map_err(|e| Error::config(path, format!("ACTIONS_ID_TOKEN_REQUEST_URL: {e}")))?;
         Ok(GithubOidc {
             request_url,
             request_token: Secret::new(request_token),
@@ -160,7 +157,8 @@ impl Source for GithubOidc {
             })?;
         Ok(Token::new(secret, ClientAssertion::describe(self))
             .acquired_at(now)
-            .expires_at(exp))
+            .expires_at(exp)
+            .capped_at(now))
     }
     fn kind(&self) -> &'static str {
         "github-oidc"

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::output::check_token_text;
+use super::output::{check_token_text, seconds};
 use crate::error::{one_line, Error, ErrorKind, Result};
 use crate::jwt;
 use crate::secret::Secret;
@@ -78,10 +78,28 @@ impl IdpClient {
     /// A config error at `origin` (the config key, e.g. `provider[0] (a).source.ca_bundle`)
     /// when the bundle cannot be read or holds no certificate.
     pub fn with_ca_bundle(origin: &str, ca_bundle: Option<&Path>) -> Result<Self> {
+        Self::build(origin, ca_bundle, true)
+    }
+
+    /// Like [`with_ca_bundle`](Self::with_ca_bundle), but never through a proxy, whatever
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` say: for metadata endpoints (Azure IMDS, App
+    /// Service's local identity endpoint), which answer only to the machine itself and whose
+    /// tokens must not pass through a third party.
+    ///
+    /// # Errors
+    /// As for [`with_ca_bundle`](Self::with_ca_bundle).
+    pub fn direct(origin: &str, ca_bundle: Option<&Path>) -> Result<Self> {
+        Self::build(origin, ca_bundle, false)
+    }
+
+    fn build(origin: &str, ca_bundle: Option<&Path>, use_proxy: bool) -> Result<Self> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(DEFAULT_IDP_CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tokenrelay/", env!("CARGO_PKG_VERSION")));
+        if !use_proxy {
+            b = b.no_proxy();
+        }
         if let Some(path) = ca_bundle {
             let pem = std::fs::read(path).map_err(|e| {
                 Error::config(origin, format!("cannot read {}: {e}", path.display()))
@@ -267,6 +285,54 @@ pub(crate) fn squash(text: &str, max: usize) -> String {
     }
 }
 
+/// Checks a URL that a secret or credential is sent to: absolute, and `https://` unless its
+/// host is loopback (`127.0.0.0/8`, `::1`, `localhost`) or link-local (`169.254.0.0/16`,
+/// `fe80::/10`: metadata endpoints such as Azure IMDS), where plain HTTP never leaves the
+/// machine or its link.
+///
+/// # Errors
+/// The cause, without the URL's query (it may carry a secret).
+///
+/// ```
+/// use tokenrelay::source::http::check_idp_url;
+/// assert!(check_idp_url("https://login.microsoftonline.com/t/oauth2/v2.0/token").is_ok());
+/// assert!(check_idp_url("http://127.0.0.1:8080/token").is_ok());
+/// assert!(check_idp_url("http://169.254.169.254/metadata/identity/oauth2/token").is_ok());
+/// assert!(check_idp_url("http://idp.example.com/token").is_err());
+/// ```
+pub fn check_idp_url(url: &str) -> std::result::Result<(), String> {
+    let u = match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => u,
+        _ => {
+            let shown = url.split(['?', '#']).next().unwrap_or("");
+            return Err(format!("{shown:?} is not an absolute http(s) URL"));
+        }
+    };
+    if u.scheme() == "http" && !u.host_str().is_some_and(is_local_host) {
+        return Err(
+            "http:// is only allowed for loopback and link-local hosts; use https://".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `host` (as [`reqwest::Url::host_str`] gives it) is loopback or link-local (see
+/// [`check_idp_url`]).
+fn is_local_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => false,
+    }
+}
+
 /// A reqwest error and its causes on one line, without the URL.
 pub(crate) fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
@@ -320,7 +386,10 @@ impl TokenResponse {
         now: SystemTime,
         default_ttl: Duration,
     ) -> crate::Token {
-        let expiry = self.expires_at.unwrap_or(now + default_ttl);
+        let expiry = match self.expires_at {
+            Some(at) => crate::token::cap_expiry(now, at),
+            None => crate::token::expiry_after(now, default_ttl.as_secs()),
+        };
         crate::Token::new(self.access_token, origin)
             .acquired_at(now)
             .expires_at(expiry)
@@ -357,12 +426,12 @@ pub fn parse_token_response(
         .map_err(|e| ErrorKind::InvalidResponse(format!("access_token: {e}")))?;
     let expires_at = v
         .get("expires_on")
-        .and_then(as_secs)
+        .and_then(seconds)
         .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
         .or_else(|| {
             v.get("expires_in")
-                .and_then(as_secs)
-                .map(|s| now + Duration::from_secs(s))
+                .and_then(seconds)
+                .map(|s| crate::token::expiry_after(now, s))
         })
         .or_else(|| {
             jwt::looks_like_jwt(token)
@@ -403,12 +472,6 @@ pub fn rejected(resp: &IdpResponse) -> ErrorKind {
         error: field("error"),
         description: field("error_description"),
     }
-}
-
-fn as_secs(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
 #[cfg(test)]
@@ -460,6 +523,76 @@ mod tests {
         assert_eq!(t.expires_at, Some(at(1_060)));
         let t = parse_token_response(&resp(200, r#"{"access_token":"a"}"#), now).unwrap();
         assert_eq!(t.expires_at, None);
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_and_link_local_hosts() {
+        for ok in [
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+            "https://10.0.0.1/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.9.9.9/token",
+            "http://localhost:40342/metadata/identity/oauth2/token",
+            "http://LOCALHOST/x",
+            "http://[::1]:8080/token",
+            "http://169.254.169.254/metadata/identity/oauth2/token",
+            "http://[fe80::1]/token",
+            "http://[febf::1]/token",
+        ] {
+            assert_eq!(check_idp_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/token",
+            "http://10.0.0.1/token",
+            "http://192.168.1.1/token",
+            "http://[fec0::1]/token",
+            "http://[::ffff:8.8.8.8]/token",
+            "http://localhost.evil.example/token",
+            "http://127.0.0.1.nip.io/token",
+        ] {
+            assert_eq!(
+                check_idp_url(bad),
+                Err(
+                    "http:// is only allowed for loopback and link-local hosts; use https://"
+                        .into()
+                ),
+                "{bad}"
+            );
+        }
+        let e = check_idp_url("ftp://x/y?secret=s3cr3t").unwrap_err();
+        assert!(
+            e.contains("not an absolute http(s) URL") && !e.contains("s3cr3t"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn huge_or_odd_lifetimes_never_overflow() {
+        let now = at(1_000);
+        let cap = now + crate::MAX_TOKEN_LIFETIME;
+        for body in [
+            r#"{"access_token":"a","expires_in":10000000000000000000}"#,
+            r#"{"access_token":"a","expires_in":1e308}"#,
+            r#"{"access_token":"a","expires_in":"1e300"}"#,
+        ] {
+            let t = parse_token_response(&resp(200, body), now).unwrap();
+            assert_eq!(t.expires_at, Some(cap), "{body}");
+        }
+        // negative or NaN: ignored, as an absent expires_in is
+        for body in [
+            r#"{"access_token":"a","expires_in":-5}"#,
+            r#"{"access_token":"a","expires_in":"NaN"}"#,
+        ] {
+            let t = parse_token_response(&resp(200, body), now).unwrap();
+            assert_eq!(t.expires_at, None, "{body}");
+        }
+        let t = parse_token_response(
+            &resp(200, r#"{"access_token":"a","expires_on":99999999999}"#),
+            now,
+        )
+        .unwrap();
+        let tok = t.into_token("o".into(), now, Duration::from_secs(60));
+        assert_eq!(tok.expiry(), Some(cap));
     }
 
     #[test]

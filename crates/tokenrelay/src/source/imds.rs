@@ -111,10 +111,7 @@ impl Source for ManagedIdentitySource {
             })
             .await?;
         let t = parse_token_response(&resp, now).map_err(|k| Error::new(&*origin, k))?;
-        let expiry = t.expires_at.unwrap_or(now + DEFAULT_TTL);
-        Ok(Token::new(t.access_token, origin)
-            .acquired_at(now)
-            .expires_at(expiry))
+        Ok(t.into_token(origin, now, DEFAULT_TTL))
     }
     fn kind(&self) -> &'static str {
         "managed-identity"
@@ -219,8 +216,8 @@ impl ManagedIdentityConfig {
             }
             (None, None) => Endpoint::Imds(IMDS_ENDPOINT.to_owned()),
         };
-        let http =
-            IdpClient::with_ca_bundle(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
+        // Metadata endpoints answer only to this machine: never through HTTPS_PROXY.
+        let http = IdpClient::direct(&format!("{path}.ca_bundle"), self.ca_bundle.as_deref())?;
         Ok(Arc::new(ManagedIdentitySource {
             endpoint,
             selector,

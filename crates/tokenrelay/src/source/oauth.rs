@@ -342,15 +342,10 @@ pub(crate) fn joined_scope(
     }
 }
 
-/// Checks that `url` is an absolute http(s) URL.
+/// Checks `url` with [`check_idp_url`](super::http::check_idp_url); a config error at
+/// `path.key` (`provider.azure.source.token_url: …`).
 pub(crate) fn check_url(path: &str, key: &str, url: &str) -> Result<()> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-        _ => Err(Error::config(
-            format!("{path}.{key}"),
-            format!("{url:?} is not an absolute http(s) URL"),
-        )),
-    }
+    super::http::check_idp_url(url).map_err(|msg| Error::config(format!("{path}.{key}"), msg))
 }
 
 impl OAuth2Config {

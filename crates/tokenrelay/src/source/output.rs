@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::jwt;
 use crate::secret::Secret;
-use crate::token::{AwsCredentials, Token};
+use crate::token::{cap_expiry, expiry_after, AwsCredentials, Token};
 
 /// The longest token we accept (64 KiB); longer output is a mistake, not a credential.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
@@ -73,9 +73,13 @@ pub struct Parsed {
 }
 
 impl Parsed {
-    /// Builds the token: the stated expiry, else `now + default_ttl` when given, else none.
+    /// Builds the token: the stated expiry, else `now + default_ttl` when given, else none;
+    /// either way no later than [`MAX_TOKEN_LIFETIME`](crate::MAX_TOKEN_LIFETIME) after `now`.
     pub fn into_token(self, origin: &str, now: SystemTime, default_ttl: Option<Duration>) -> Token {
-        let expiry = self.expires_at.or_else(|| default_ttl.map(|ttl| now + ttl));
+        let expiry = self
+            .expires_at
+            .or_else(|| default_ttl.map(|ttl| expiry_after(now, ttl.as_secs())))
+            .map(|at| cap_expiry(now, at));
         let token = Token::new(self.secret, origin)
             .acquired_at(now)
             .with_expiry(expiry);
@@ -237,7 +241,7 @@ fn parse_json(text: &str) -> Result<Parsed, String> {
         let exp = if let Some(v) = obj.get("expires_on") {
             Some(epoch(v, 1, "expires_on")?)
         } else if let Some(v) = obj.get("expires_in") {
-            Some(now + Duration::from_secs(number(v, "expires_in")?))
+            Some(expiry_after(now, number(v, "expires_in")?))
         } else {
             None
         };
@@ -277,10 +281,39 @@ fn token_with_expiry(
 }
 
 fn number(v: &Value, field: &str) -> Result<u64, String> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-        .ok_or_else(|| format!("{field} is not a non-negative number"))
+    seconds(v).ok_or_else(|| format!("{field} is not a non-negative number"))
+}
+
+/// A non-negative count read from a JSON answer: an integer, a float (truncated; huge values
+/// saturate at `u64::MAX`) or a string holding either. `None` for negative, NaN, infinite or
+/// non-numeric values. Callers turn it into a time with checked arithmetic.
+///
+/// ```
+/// use serde_json::json;
+/// use tokenrelay::source::output::seconds;
+/// assert_eq!(seconds(&json!(3599)), Some(3599));
+/// assert_eq!(seconds(&json!("3599.9")), Some(3599));
+/// assert_eq!(seconds(&json!(1e308)), Some(u64::MAX));
+/// assert_eq!(seconds(&json!(-1)), None);
+/// assert_eq!(seconds(&json!("NaN")), None);
+/// ```
+pub fn seconds(v: &Value) -> Option<u64> {
+    let f = match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => return Some(u),
+            None => n.as_f64()?,
+        },
+        Value::String(s) => {
+            let s = s.trim();
+            match s.parse::<u64>() {
+                Ok(u) => return Some(u),
+                Err(_) => s.parse::<f64>().ok()?,
+            }
+        }
+        _ => return None,
+    };
+    // `as` saturates: 1e308 becomes u64::MAX.
+    (f.is_finite() && f >= 0.0).then_some(f as u64)
 }
 
 fn epoch(v: &Value, per_second: u64, field: &str) -> Result<SystemTime, String> {
@@ -411,6 +444,73 @@ mod tests {
         let j = jwt_with_exp(1_900_000_000);
         let p = parse(&format!(r#"{{"access_token":"{j}"}}"#), OutputFormat::Auto).unwrap();
         assert_eq!(p.expires_at, Some(at(1_900_000_000)));
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_capped_or_rejected_never_a_panic() {
+        let now = SystemTime::now();
+        let cap = now + crate::MAX_TOKEN_LIFETIME;
+        // Relative lifetimes of any size end at most MAX_TOKEN_LIFETIME away.
+        for n in [
+            "10000000000000000000",
+            "1e308",
+            "\"99999999999999999999999\"",
+            "3e9",
+        ] {
+            let p = parse(
+                &format!(r#"{{"access_token":"a","expires_in":{n}}}"#),
+                OutputFormat::Auto,
+            )
+            .unwrap();
+            let exp = p.expires_at.unwrap();
+            assert!(exp >= now && exp <= cap + Duration::from_secs(5), "{n}");
+        }
+        // Fractions are truncated; zero is an already expired token.
+        let p = parse(
+            r#"{"access_token":"a","expires_in":59.9}"#,
+            OutputFormat::Auto,
+        )
+        .unwrap();
+        assert!(p.expires_at.unwrap() <= SystemTime::now() + Duration::from_secs(59));
+        let p = parse(r#"{"access_token":"a","expires_in":0}"#, OutputFormat::Auto).unwrap();
+        assert!(p.expires_at.unwrap() <= SystemTime::now());
+        // Negative, NaN and non-numbers are errors naming the field.
+        for n in ["-1", "-1e308", "\"NaN\"", "\"inf\"", "\"-5\"", "[]", "null"] {
+            let err = parse(
+                &format!(r#"{{"access_token":"a","expires_in":{n}}}"#),
+                OutputFormat::Auto,
+            )
+            .unwrap_err();
+            assert!(
+                err.contains("expires_in is not a non-negative number"),
+                "{n}: {err}"
+            );
+        }
+        // Absolute times past what SystemTime holds are errors; far but representable ones
+        // are capped when the token is built.
+        let err = parse(
+            r#"{"access_token":"a","expires_on":18446744073709551615}"#,
+            OutputFormat::Auto,
+        )
+        .unwrap_err();
+        assert!(err.contains("expires_on is out of range"), "{err}");
+        for text in [
+            r#"{"token":"a","expiresOnTimestamp":1e308}"#.to_owned(),
+            r#"{"access_token":"a","expires_on":"99999999999"}"#.to_owned(),
+            r#"{"kind":"ExecCredential","status":{"token":"a","expirationTimestamp":"9999-12-31T23:59:59Z"}}"#.to_owned(),
+            r#"{"AccessKeyId":"A","SecretAccessKey":"s","Expiration":"9999-12-31T23:59:59Z"}"#.to_owned(),
+            jwt_with_exp(u64::MAX),
+            jwt_with_exp(99_999_999_999),
+        ] {
+            let t = parse(&text, OutputFormat::Auto)
+                .unwrap()
+                .into_token("x", now, None);
+            assert!(t.expiry().is_none_or(|e| e <= cap), "{text}");
+        }
+        let t = parse("abc", OutputFormat::Auto)
+            .unwrap()
+            .into_token("x", now, Some(Duration::MAX));
+        assert_eq!(t.expiry(), Some(cap));
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! (milliseconds since the epoch), or `"result":"…"`, a bare token with no known expiry, which
 //! the cache never keeps (so the helper is asked again for every request), or
 //! `"error":{"code":…,"message":"…"}`. Calls may be answered out of order. The helper's stderr
-//! is logged at debug level, line by line, and not kept.
+//! is logged at debug level, line by line (each cut at 8 KiB, [`MAX_STDERR_LINE`]), and not kept.
+//!
+//! The helper is started like a command source's command: `command` is a shell line (`sh -c`),
+//! `args` a program and its arguments (no shell), in a process group of its own that is
+//! killed with it.
 //!
 //! The helper is started at the first acquisition and kept running; if it exits it is started
 //! again at the next one. A call that is not answered within the timeout fails, and the helper
@@ -26,12 +30,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::oneshot;
 
+use super::command::GroupGuard;
 use super::output::{self, check_token_text, OutputFormat};
-use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT};
+use super::{Fingerprint, Program, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT};
 use crate::error::{one_line, Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::token::Token;
@@ -40,6 +45,10 @@ use crate::token::Token;
 pub const PLUGIN_METHOD: &str = "providerToken.acquire";
 
 const MAX_LINE: u64 = 1024 * 1024;
+
+/// The most of one stderr line of the helper that is kept (8 KiB) to be logged; the rest of a
+/// longer line is read and dropped, so a helper printing an endless line costs no memory.
+pub const MAX_STDERR_LINE: usize = 8 * 1024;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<std::result::Result<Value, String>>>>>;
 
@@ -50,6 +59,8 @@ struct Helper {
     pending: Pending,
     alive: Arc<AtomicBool>,
     child: Mutex<Child>,
+    /// Kills the helper's whole process group (a `sh -c` line's children too) when dropped.
+    group: Mutex<GroupGuard>,
 }
 
 impl Helper {
@@ -58,13 +69,16 @@ impl Helper {
         if let Ok(mut c) = self.child.lock() {
             let _ = c.start_kill();
         }
+        if let Ok(mut g) = self.group.lock() {
+            g.kill();
+        }
     }
 }
 
 /// Asks a helper process for tokens over JSON-RPC (see the module docs for the protocol).
 #[derive(Debug)]
 pub struct PluginSource {
-    argv: Vec<String>,
+    program: Program,
     timeout: Duration,
     next_id: AtomicU64,
     helper: tokio::sync::Mutex<Option<Arc<Helper>>>,
@@ -73,8 +87,18 @@ pub struct PluginSource {
 impl PluginSource {
     /// A plugin started as `argv` (program and arguments, no shell).
     pub fn new(argv: Vec<String>) -> Self {
+        Self::from_program(Program::Argv(argv))
+    }
+
+    /// A plugin started with `sh -c LINE`.
+    pub fn shell(line: impl Into<String>) -> Self {
+        Self::from_program(Program::Shell(line.into()))
+    }
+
+    /// A plugin started as `program`.
+    pub fn from_program(program: Program) -> Self {
         PluginSource {
-            argv,
+            program,
             timeout: DEFAULT_SOURCE_TIMEOUT,
             next_id: AtomicU64::new(1),
             helper: tokio::sync::Mutex::new(None),
@@ -106,22 +130,20 @@ impl PluginSource {
     }
 
     fn spawn(&self) -> Result<Helper> {
-        let (prog, args) = self
-            .argv
-            .split_first()
-            .ok_or_else(|| Error::config(self.describe(), "the plugin command is empty"))?;
-        let mut child = Command::new(prog)
-            .args(args)
+        let mut child: Child = self
+            .program
+            .process(&self.describe())?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
                 self.err(ErrorKind::CommandFailed(format!(
-                    "cannot start `{prog}`: {e}"
+                    "cannot start `{}`: {e}",
+                    self.program.path()
                 )))
             })?;
+        let group = GroupGuard::of(child.id());
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -157,9 +179,11 @@ impl PluginSource {
             }
         });
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "tokenrelay::plugin", "{}", one_line(&line, 500));
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while let Ok(true) = read_line_capped(&mut reader, &mut line, MAX_STDERR_LINE).await {
+                let text = String::from_utf8_lossy(&line);
+                tracing::debug!(target: "tokenrelay::plugin", "{}", one_line(&text, 500));
             }
         });
         Ok(Helper {
@@ -167,6 +191,7 @@ impl PluginSource {
             pending,
             alive,
             child: Mutex::new(child),
+            group: Mutex::new(group),
         })
     }
 
@@ -203,6 +228,34 @@ impl PluginSource {
                 helper.kill();
                 Err(self.err(ErrorKind::Timeout(self.timeout)))
             }
+        }
+    }
+}
+
+/// Reads one line (up to and including `\n`) into `line`, keeping at most `cap` bytes of it
+/// and consuming the rest unkept. `Ok(false)` at end of input with nothing read.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<bool> {
+    line.clear();
+    let mut read_any = false;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(read_any);
+        }
+        read_any = true;
+        let (len, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = cap.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..len.min(room)]);
+        r.consume(len);
+        if done {
+            return Ok(true);
         }
     }
 }
@@ -267,18 +320,20 @@ impl Source for PluginSource {
         "plugin"
     }
     fn describe(&self) -> String {
-        format!(
-            "plugin source `{}`",
-            self.argv.first().map(String::as_str).unwrap_or("")
-        )
+        format!("plugin source `{}`", self.program.label())
     }
     fn timeout(&self) -> Duration {
         self.timeout + Duration::from_secs(1)
     }
     fn fingerprint(&self, fp: &mut Fingerprint) -> Result<()> {
         fp.add("kind", b"plugin");
-        for a in &self.argv {
-            fp.add("arg", a.as_bytes());
+        match &self.program {
+            Program::Shell(line) => fp.add("sh", line.as_bytes()),
+            Program::Argv(argv) => {
+                for a in argv {
+                    fp.add("arg", a.as_bytes());
+                }
+            }
         }
         Ok(())
     }
@@ -288,11 +343,12 @@ impl Source for PluginSource {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// The program to start.
-    pub command: String,
-    /// Its arguments.
+    /// A shell command line that starts the helper (`sh -c`), as for a command source.
     #[serde(default)]
-    pub args: Vec<String>,
+    pub command: Option<String>,
+    /// Or the program and its arguments, run without a shell (`["node", "plugin.js"]`).
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
     /// Time limit for one call (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -302,15 +358,69 @@ impl PluginConfig {
     /// Builds the source (the helper starts at the first acquisition).
     ///
     /// # Errors
-    /// A config error for an empty command.
+    /// A config error unless exactly one of `command` and `args` is set and not empty.
     pub fn build(&self, path: &str, _env: &SharedEnv) -> Result<Arc<dyn Source>> {
-        if self.command.trim().is_empty() {
-            return Err(Error::config(format!("{path}.command"), "is empty"));
-        }
-        let mut argv = vec![self.command.clone()];
-        argv.extend(self.args.iter().cloned());
-        Ok(Arc::new(PluginSource::new(argv).with_timeout(
+        let program = Program::from_keys(path, "plugin", &self.command, &self.args)?;
+        Ok(Arc::new(PluginSource::from_program(program).with_timeout(
             self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_endless_stderr_line_is_kept_to_the_cap() {
+        // 4 MiB without a line break, then a short line.
+        let endless = tokio::io::repeat(b'x').take(4 * 1024 * 1024);
+        let mut r = BufReader::new(endless.chain(&b"\nnext\n"[..]));
+        let mut line = Vec::new();
+        assert!(read_line_capped(&mut r, &mut line, MAX_STDERR_LINE)
+            .await
+            .unwrap());
+        assert_eq!(line.len(), MAX_STDERR_LINE);
+        assert!(line.capacity() < 2 * MAX_STDERR_LINE);
+        assert!(read_line_capped(&mut r, &mut line, MAX_STDERR_LINE)
+            .await
+            .unwrap());
+        assert_eq!(line, b"next\n");
+        assert!(!read_line_capped(&mut r, &mut line, MAX_STDERR_LINE)
+            .await
+            .unwrap());
+    }
+
+    #[test]
+    fn command_and_args_mean_what_they_mean_for_a_command_source() {
+        let env: SharedEnv = Arc::new(crate::source::MapEnv::default());
+        let cfg = |command: Option<&str>, args: Option<Vec<&str>>| PluginConfig {
+            command: command.map(str::to_owned),
+            args: args.map(|a| a.into_iter().map(str::to_owned).collect()),
+            timeout: None,
+        };
+        let src = cfg(Some("TOKEN=s3cr3t python3 plugin.py --key s3cr3t"), None)
+            .build("provider.a.source", &env)
+            .unwrap();
+        assert_eq!(src.describe(), "plugin source `python3`");
+        let src = cfg(None, Some(vec!["/usr/bin/node", "plugin.js"]))
+            .build("provider.a.source", &env)
+            .unwrap();
+        assert_eq!(src.describe(), "plugin source `node`");
+        for bad in [
+            cfg(Some("node"), Some(vec!["plugin.js"])),
+            cfg(None, None),
+            cfg(Some("  "), None),
+            cfg(None, Some(vec![])),
+        ] {
+            let err = bad
+                .build("provider.a.source", &env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("provider.a.source") && err.contains("exactly one of command"),
+                "{err}"
+            );
+        }
     }
 }

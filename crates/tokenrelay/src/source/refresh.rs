@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::http::IdpClient;
+use super::http::{IdpClient, TokenResponse};
 use super::inputs::SecretInput;
 use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, OAuthClient};
 use super::{Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT, DEFAULT_TTL};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::token::Token;
 
@@ -56,13 +56,32 @@ impl RefreshTokenSource {
         }
     }
 
-    fn current(&self, origin: &str) -> Result<Secret> {
-        if let Ok(r) = self.rotated.lock() {
-            if let Some(s) = r.as_ref() {
-                return Ok(s.clone());
-            }
+    /// One refresh token grant with `refresh`.
+    async fn grant(
+        &self,
+        req: &TokenRequest,
+        origin: &str,
+        refresh: &Secret,
+    ) -> Result<TokenResponse> {
+        let form: Vec<(&'static str, String)> = vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", refresh.expose().to_owned()),
+        ];
+        self.client
+            .token_request(
+                &self.http,
+                origin,
+                &self.token_url,
+                form,
+                request_scope(req, &self.scope),
+            )
+            .await
+    }
+
+    fn forget(&self) {
+        if let Ok(mut r) = self.rotated.lock() {
+            *r = None;
         }
-        self.refresh.read(origin, "refresh token")
     }
 
     /// Makes `new` the refresh token used from now on. A file input gets it written back; when
@@ -99,6 +118,10 @@ impl RefreshTokenSource {
     fn unsaved(&self) -> Option<Secret> {
         self.rotated.lock().ok().and_then(|r| r.clone())
     }
+}
+
+fn is_invalid_grant(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::IdpRejected { error: Some(code), .. } if code == "invalid_grant")
 }
 
 /// Writes `contents` to `path` through a 0600 temporary file in the same directory and an
@@ -138,22 +161,29 @@ impl Source for RefreshTokenSource {
     #[tracing::instrument(skip_all, fields(source = %self.describe()))]
     async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
         let origin = self.describe();
-        let refresh = self.current(&origin)?;
-        let form: Vec<(&'static str, String)> = vec![
-            ("grant_type", "refresh_token".into()),
-            ("refresh_token", refresh.expose().to_owned()),
-        ];
+        let kept = self.unsaved();
+        let refresh = match &kept {
+            Some(r) => r.clone(),
+            None => self.refresh.read(&origin, "refresh token")?,
+        };
         let now = SystemTime::now();
-        let mut resp = self
-            .client
-            .token_request(
-                &self.http,
-                &origin,
-                &self.token_url,
-                form,
-                request_scope(req, &self.scope),
-            )
-            .await?;
+        let mut resp = match self.grant(req, &origin, &refresh).await {
+            // The kept token was rejected: the user may have put a new one in the input
+            // (signed in again); try that once before giving up.
+            Err(e) if kept.is_some() && is_invalid_grant(&e) => {
+                let configured = self.refresh.read(&origin, "refresh token")?;
+                if configured == refresh {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    input = %self.refresh.name(),
+                    "the kept rotated refresh token was rejected; trying the configured one"
+                );
+                self.forget();
+                self.grant(req, &origin, &configured).await?
+            }
+            r => r?,
+        };
         if let Some(new) = resp.refresh_token.take() {
             if new != refresh {
                 tracing::debug!("refresh token rotated");
