@@ -6,7 +6,7 @@
 # The faults and their expected answers: docs/faults.md.
 #
 # Prints one line per fault (`ok NAME (Ns)` / `FAIL NAME: reason (Ns)`), then `N passed, M failed`;
-# exits non-zero when any failed. Takes ~1 minute; bounded at 4.
+# exits non-zero when any failed. Takes ~20 s; bounded at 4 minutes.
 #
 # Usage: bash e2e/faults.sh [FAULT...]   (names as printed; default: all)
 #   TOKENRELAY_BIN=path  use that binary (default target/release/tokenrelay; not built here)
