@@ -65,7 +65,7 @@ http {
     }
 }
 CONF
-"$NGINX" -p "$N" -c "$N/nginx.conf" -t >"$N/test.log" 2>&1 || fail "nginx -t: $(tail -c 400 "$N/test.log")"
+timeout 10 "$NGINX" -p "$N" -c "$N/nginx.conf" -t >"$N/test.log" 2>&1 || fail "nginx -t: $(tail -c 400 "$N/test.log")"
 "$NGINX" -p "$N" -c "$N/nginx.conf" >"$N/stdout.log" 2>&1 &
 PIDS+=($!)
 
