@@ -101,9 +101,7 @@ impl IdpClient {
             b = b.no_proxy();
         }
         if let Some(path) = ca_bundle {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::config(origin, format!("cannot read {}: {e}", path.display()))
-            })?;
+            let pem = super::inputs::read_config_file(origin, path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::config(origin, format!("{}: {}", path.display(), e.without_url()))
             })?;

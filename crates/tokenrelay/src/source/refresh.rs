@@ -53,13 +53,13 @@ impl RefreshTokenSource {
         }
     }
 
-    fn current(&self, origin: &str) -> Result<Secret> {
+    async fn current(&self, origin: &str) -> Result<Secret> {
         if let Ok(r) = self.rotated.lock() {
             if let Some(s) = r.as_ref() {
                 return Ok(s.clone());
             }
         }
-        self.refresh.read(origin, "refresh token")
+        self.refresh.read(origin, "refresh token").await
     }
 
     fn store(&self, origin: &str, new: Secret) -> Result<()> {
@@ -122,7 +122,7 @@ impl Source for RefreshTokenSource {
     #[tracing::instrument(skip_all, fields(source = %self.describe()))]
     async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
         let origin = self.describe();
-        let refresh = self.current(&origin)?;
+        let refresh = self.current(&origin).await?;
         let form: Vec<(&'static str, String)> = vec![
             ("grant_type", "refresh_token".into()),
             ("refresh_token", refresh.expose().to_owned()),
