@@ -286,3 +286,4 @@ async fn aws_web_identity_from_nested_github_oidc() {
             .to_string();
         assert!(err.ends_with(&want), "{err}");
     }
+}
