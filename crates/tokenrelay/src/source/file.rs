@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::inputs::{read_bounded_async, FileError, MAX_SECRET_FILE};
+use super::inputs::{read_bounded_async, FileError, Holds, MAX_SECRET_FILE};
 use super::output::{self, OutputFormat};
 use super::{Fingerprint, Source, TokenRequest, DEFAULT_TTL};
 use crate::error::{Error, ErrorKind, Result};
@@ -78,7 +78,7 @@ impl Source for FileSource {
         }
         // Checks the type and size again and bounds the read itself, so a file that grows
         // after the stat above still cannot exceed the cap.
-        let bytes = read_bounded_async(&self.path, MAX_SECRET_FILE)
+        let bytes = read_bounded_async(&self.path, MAX_SECRET_FILE, Holds::Token)
             .await
             .map_err(|e| self.err(e.kind("")))?;
         let text = String::from_utf8(bytes).map_err(|e| {

@@ -128,18 +128,35 @@ pub(crate) fn read_config_file(origin: &str, path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// [`read_bounded`] on tokio's blocking pool, off the async workers.
+/// Whether [`read_bounded_async`] reads a secret (and so warns, once, when group or others
+/// can read the file) or a token file that may be shared on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// A client secret, refresh token, key or assertion.
+    Secret,
+    /// A token written by another program (the file source).
+    Token,
+}
+
+/// [`read_bounded`] (and, for a secret, the permission check) on tokio's blocking pool, off
+/// the async workers.
 ///
 /// # Errors
 /// As for [`read_bounded`].
 pub(crate) async fn read_bounded_async(
     path: &Path,
     cap: u64,
+    holds: Holds,
 ) -> std::result::Result<Vec<u8>, FileError> {
     let owned = path.to_owned();
-    tokio::task::spawn_blocking(move || read_bounded(&owned, cap))
-        .await
-        .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e.to_string()))))
+    tokio::task::spawn_blocking(move || {
+        if holds == Holds::Secret {
+            warn_if_shared(&owned);
+        }
+        read_bounded(&owned, cap)
+    })
+    .await
+    .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e.to_string()))))
 }
 
 /// Where a secret is read from.
@@ -181,8 +198,7 @@ impl SecretInput {
     pub async fn read(&self, origin: &str, what: &str) -> Result<Secret> {
         match self {
             SecretInput::File(p) => {
-                warn_if_shared(p);
-                let bytes = read_bounded_async(p, MAX_SECRET_FILE).await;
+                let bytes = read_bounded_async(p, MAX_SECRET_FILE, Holds::Secret).await;
                 self.finish(origin, what, bytes)
             }
             SecretInput::Env(..) => self.read_blocking(origin, what),
