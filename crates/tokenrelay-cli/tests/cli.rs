@@ -204,18 +204,28 @@ fn token_from_config_with_provider() {
 fn exec_credential_and_decode() {
     let jwt =
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZSIsImV4cCI6MjAwMDAwMDAwMH0.c2lnbmF0dXJl";
+    // a token that expires in an hour (one expiring in 2033 would be trusted for at most
+    // MAX_TOKEN_LIFETIME, 24 h)
+    use base64::Engine as _;
+    let exp = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let exp_secs = exp.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!(r#"{{"sub":"me","exp":{exp_secs}}}"#));
+    let hour_jwt = format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.c2lnbmF0dXJl");
     let (code, out, _) = run(bin().args([
         "token",
         "--no-cache",
         "-o",
         "exec-credential",
         "--command",
-        &format!("echo {jwt}"),
+        &format!("echo {hour_jwt}"),
     ]));
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["kind"], "ExecCredential");
-    assert_eq!(v["status"]["expirationTimestamp"], "2033-05-18T03:33:20Z");
+    let want =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp_secs));
+    assert_eq!(v["status"]["expirationTimestamp"], want.to_string());
     let (code, out, _) = run(bin().args(["decode", jwt]));
     assert_eq!(code, 0);
     assert!(

@@ -527,15 +527,16 @@ impl SourceConfig {
                             format!("environment variable {var} is not set"),
                         )
                     })?,
-                    (None, Some(file)) => std::fs::read_to_string(file)
-                        .map_err(|e| {
-                            Error::config(
-                                format!("{path}.value_file"),
-                                format!("cannot read {}: {e}", file.display()),
-                            )
-                        })?
-                        .trim()
-                        .to_owned(),
+                    (None, Some(file)) => {
+                        let key = format!("{path}.value_file");
+                        let bytes = crate::source::read_config_file(&key, file)?;
+                        String::from_utf8(bytes)
+                            .map_err(|_| {
+                                Error::config(key, format!("{} is not UTF-8", file.display()))
+                            })?
+                            .trim()
+                            .to_owned()
+                    }
                     _ => {
                         return Err(Error::config(
                             path,

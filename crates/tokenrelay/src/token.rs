@@ -18,16 +18,16 @@ use crate::secret::Secret;
 /// use std::time::{Duration, UNIX_EPOCH};
 /// use tokenrelay::{expiry_after, MAX_TOKEN_LIFETIME};
 /// let now = UNIX_EPOCH + Duration::from_secs(1_000);
-/// assert_eq!(expiry_after(now, 3600), now + Duration::from_secs(3600));
-/// assert_eq!(expiry_after(now, u64::MAX), now + MAX_TOKEN_LIFETIME);
+/// assert_eq!(expiry_after(now, Duration::from_secs(3600)), now + Duration::from_secs(3600));
+/// assert_eq!(expiry_after(now, Duration::MAX), now + MAX_TOKEN_LIFETIME);
 /// ```
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The expiry of a token that lives `secs` seconds from `now` (an `expires_in`), at most
-/// [`MAX_TOKEN_LIFETIME`] away. Never overflows.
-pub fn expiry_after(now: SystemTime, secs: u64) -> SystemTime {
-    let lifetime = Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME);
-    now.checked_add(lifetime).unwrap_or(now)
+/// The expiry of a token that lives `lifetime` from `now` (an `expires_in`, a default TTL),
+/// at most [`MAX_TOKEN_LIFETIME`] away. Never overflows.
+pub fn expiry_after(now: SystemTime, lifetime: Duration) -> SystemTime {
+    now.checked_add(lifetime.min(MAX_TOKEN_LIFETIME))
+        .unwrap_or(now)
 }
 
 /// `at`, or [`MAX_TOKEN_LIFETIME`] after `now` if that is sooner.

@@ -249,45 +249,41 @@ async fn aws_web_identity_from_nested_github_oidc() {
         Some("sts.amazonaws.com")
     );
 
-    // STS's XML error: code and message, nothing else
-    let bad = build(
-        None,
-        &format!(
-            "kind = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::123456789012:role/other\"\nendpoint = \"{}\"\nweb_identity_token_file = \"/dev/null\"",
-            sts.url("/")
-        ),
-        &[],
-    )
-    .unwrap();
-    let err = bad
-        .acquire(&TokenRequest::new("bedrock"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("web identity token from /dev/null is empty"),
-        "{err}"
-    );
+    // an empty token file, a device (never read: it could be endless), and STS's XML error
+    // (code and message, nothing else)
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("t");
-    std::fs::write(&file, "file-token").unwrap();
-    let bad = build(
-        None,
-        &format!(
-            "kind = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::123456789012:role/other\"\nendpoint = \"{}\"\nweb_identity_token_file = \"{}\"",
-            sts.url("/"),
-            file.display()
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let token = dir.path().join("t");
+    std::fs::write(&token, "file-token").unwrap();
+    for (file, want) in [
+        (
+            token.display().to_string(),
+            "aws-web-identity source arn:aws:iam::123456789012:role/other: identity provider answered HTTP 400: InvalidIdentityToken: Incorrect token audience".to_owned(),
         ),
-        &[],
-    )
-    .unwrap();
-    let err = bad
-        .acquire(&TokenRequest::new("bedrock"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        err,
-        "aws-web-identity source arn:aws:iam::123456789012:role/other: identity provider answered HTTP 400: InvalidIdentityToken: Incorrect token audience"
-    );
+        (
+            empty.display().to_string(),
+            format!("web identity token from {} is empty", empty.display()),
+        ),
+        (
+            "/dev/null".to_owned(),
+            "web identity token file /dev/null: not a regular file (character device)".to_owned(),
+        ),
+    ] {
+        let bad = build(
+            None,
+            &format!(
+                "kind = \"aws-web-identity\"\nrole_arn = \"arn:aws:iam::123456789012:role/other\"\nendpoint = \"{}\"\nweb_identity_token_file = \"{file}\"",
+                sts.url("/")
+            ),
+            &[],
+        )
+        .unwrap();
+        let err = bad
+            .acquire(&TokenRequest::new("bedrock"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with(&want), "{err}");
+    }
 }

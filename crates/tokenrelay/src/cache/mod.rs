@@ -176,7 +176,9 @@ struct Entry {
     options: CacheOptions,
     current: ArcSwapOption<Cached>,
     next_generation: AtomicU64,
-    flight: Mutex<Option<Flight>>,
+    /// The acquisition in flight, with its number (so that only it clears the slot).
+    flight: Mutex<Option<(u64, Flight)>>,
+    next_flight: AtomicU64,
     acquisitions: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
@@ -269,6 +271,7 @@ impl Cache {
                     current: ArcSwapOption::empty(),
                     next_generation: AtomicU64::new(1),
                     flight: Mutex::new(None),
+                    next_flight: AtomicU64::new(0),
                     acquisitions: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     consecutive_failures: AtomicU32::new(0),
@@ -520,7 +523,7 @@ impl CacheEntry {
 }
 
 impl Entry {
-    fn lock_flight(&self) -> std::sync::MutexGuard<'_, Option<Flight>> {
+    fn lock_flight(&self) -> std::sync::MutexGuard<'_, Option<(u64, Flight)>> {
         match self.flight.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -532,7 +535,7 @@ impl Entry {
     async fn acquire_shared(self: Arc<Self>, use_negative: bool) -> Result<CachedToken> {
         let flight = {
             let mut slot = self.lock_flight();
-            if let Some(f) = slot.as_ref() {
+            if let Some((_, f)) = slot.as_ref() {
                 f.clone()
             } else {
                 // Re-check under the lock: another caller may have just stored a token.
@@ -553,10 +556,15 @@ impl Entry {
                         }
                     }
                 }
+                let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
                 let me = self.clone();
-                let task = tokio::spawn(async move { me.acquire_once().await });
+                let task = tokio::spawn(async move { me.acquire_once(id).await });
+                let me = self.clone();
                 let fut: BoxFuture<'static, Result<CachedToken>> = async move {
                     task.await.unwrap_or_else(|e| {
+                        // Cancelled before its first poll (its runtime shut down), the task
+                        // never cleared the slot: do it here, or no `get` would try again.
+                        me.clear_flight(id);
                         Err(Error::new(
                             "cache",
                             ErrorKind::Unavailable(format!("token acquisition task failed: {e}")),
@@ -565,7 +573,7 @@ impl Entry {
                 }
                 .boxed();
                 let shared = fut.shared();
-                *slot = Some(shared.clone());
+                *slot = Some((id, shared.clone()));
                 shared
             }
         };
@@ -577,8 +585,8 @@ impl Entry {
     /// A source that panics counts as a failed acquisition ("token acquisition panicked"): it
     /// is recorded and backed off like any other, and the slot is cleared whatever happens
     /// (a guard does it on unwind too), so the next `get` asks the source again.
-    async fn acquire_once(self: Arc<Self>) -> Result<CachedToken> {
-        let _clear = ClearFlight(&self);
+    async fn acquire_once(self: Arc<Self>, id: u64) -> Result<CachedToken> {
+        let _clear = ClearFlight(&self, id);
         let result = AssertUnwindSafe(acquire_with_timeout(self.source.as_ref(), &self.req))
             .catch_unwind()
             .await
@@ -675,6 +683,14 @@ impl Entry {
         }
     }
 
+    /// Empties the in-flight slot if it still holds acquisition `id`.
+    fn clear_flight(&self, id: u64) {
+        let mut slot = self.lock_flight();
+        if slot.as_ref().is_some_and(|(held, _)| *held == id) {
+            *slot = None;
+        }
+    }
+
     /// Whether a failed acquisition's backoff is still running at `now`.
     fn in_backoff(&self, now: SystemTime) -> bool {
         crate::clock::unix_millis(now) < self.not_before_ms.load(Ordering::Relaxed)
@@ -722,13 +738,14 @@ impl Entry {
     }
 }
 
-/// Empties an entry's in-flight slot when dropped: at the end of an acquisition, and also
-/// if it unwinds or its task is cancelled, so that a later `get` starts a new one.
-struct ClearFlight<'a>(&'a Entry);
+/// Empties an entry's in-flight slot of acquisition number `.1` when dropped: at the end of
+/// the acquisition, and also if it unwinds or its task is cancelled, so that a later `get`
+/// starts a new one.
+struct ClearFlight<'a>(&'a Entry, u64);
 
 impl Drop for ClearFlight<'_> {
     fn drop(&mut self) {
-        *self.0.lock_flight() = None;
+        self.0.clear_flight(self.1);
     }
 }
 

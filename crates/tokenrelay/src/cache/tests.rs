@@ -501,3 +501,33 @@ async fn stated_expiry_is_capped_at_the_maximum_lifetime() {
     clock.advance(crate::MAX_TOKEN_LIFETIME);
     assert!(entry.try_get().is_none());
 }
+
+#[test]
+fn an_acquisition_whose_runtime_went_away_does_not_wedge_the_entry() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let src = Counting::new(&clock, Duration::from_secs(600));
+    let entry = Cache::new(src.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_options(lazy())
+        .entry(TokenRequest::new("p"));
+    // Start an acquisition on a runtime that shuts down before its task ever runs.
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        let mut get = Box::pin(entry.get());
+        assert!((&mut get).now_or_never().is_none());
+    });
+    drop(first);
+    assert_eq!(src.calls(), 0);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        // The abandoned flight answers once with its failure, then the source is asked again.
+        let _ = entry.get().await;
+        assert_eq!(secret(&entry.get().await.unwrap()), "tok-1");
+    });
+}

@@ -13,7 +13,7 @@ use rand::RngCore;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::inputs::warn_if_shared;
+use super::inputs::{read_bounded, read_config_file, warn_if_shared, MAX_SECRET_FILE};
 use super::Fingerprint;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -100,9 +100,7 @@ impl PrivateKeyJwt {
         thumbprint: Thumbprint,
     ) -> Result<Self> {
         warn_if_shared(key_file);
-        let pem = std::fs::read(key_file).map_err(|e| {
-            Error::config(origin, format!("cannot read {}: {e}", key_file.display()))
-        })?;
+        let pem = read_config_file(origin, key_file)?;
         let bad = |what: &str| Error::config(origin, format!("{}: {what}", key_file.display()));
         let (key, alg) = match (EncodingKey::from_rsa_pem(&pem), alg) {
             (Ok(k), None | Some(Algorithm::RS256)) => (k, Algorithm::RS256),
@@ -188,12 +186,8 @@ impl ClientAssertion for PrivateKeyJwt {
             "private_key_file",
             self.key_file.as_os_str().as_encoded_bytes(),
         );
-        let bytes = std::fs::read(&self.key_file).map_err(|e| {
-            Error::new(
-                self.describe(),
-                crate::ErrorKind::Unavailable(format!("cannot read: {e}")),
-            )
-        })?;
+        let bytes = read_bounded(&self.key_file, MAX_SECRET_FILE)
+            .map_err(|e| Error::new(self.describe(), e.kind("")))?;
         fp.add("private_key", &bytes);
         fp.add("alg", format!("{:?}", self.alg).as_bytes());
         Ok(())
@@ -202,8 +196,7 @@ impl ClientAssertion for PrivateKeyJwt {
 
 /// The DER of the first `CERTIFICATE` block in a PEM file (which may also hold the key).
 fn certificate_der(origin: &str, path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::config(origin, format!("cannot read {}: {e}", path.display())))?;
+    let text = read_config_file(origin, path)?;
     let blocks = pem::parse_many(&text)
         .map_err(|e| Error::config(origin, format!("{}: not PEM: {e}", path.display())))?;
     blocks

@@ -145,7 +145,9 @@ impl AwsWebIdentitySource {
     async fn web_identity_token(&self, req: &TokenRequest) -> Result<Secret> {
         match &self.identity {
             WebIdentity::File(p) => {
-                SecretInput::File(p.clone()).read(&self.describe(), "web identity token")
+                SecretInput::File(p.clone())
+                    .read(&self.describe(), "web identity token")
+                    .await
             }
             WebIdentity::Source(s) => {
                 let nested = TokenRequest::new(req.provider());

@@ -89,10 +89,10 @@ impl Program {
 
     /// The program as written (a path or a name), past leading `VAR=value` assignments and
     /// wrappers such as `env`; never an argument. For "cannot run" messages.
-    pub(crate) fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> String {
         match self {
-            Program::Shell(line) => program_word(line.split_whitespace()),
-            Program::Argv(argv) => program_word(argv.iter().map(String::as_str)),
+            Program::Shell(line) => program_word(shell_words(line)),
+            Program::Argv(argv) => program_word(argv),
         }
     }
 
@@ -101,14 +101,17 @@ impl Program {
     ///
     /// ```
     /// use tokenrelay::source::Program;
-    /// let p = Program::Shell("VAULT_TOKEN=s.x /usr/bin/vault read -field=token kv/x".into());
+    /// let p = Program::Shell(r#"VAULT_TOKEN="s.x y" /usr/bin/vault read -field=token kv/x"#.into());
     /// assert_eq!(p.label(), "vault");
     /// let p = Program::Argv(vec!["env".into(), "-u".into(), "HOME".into(), "K=v".into(), "az".into()]);
     /// assert_eq!(p.label(), "az");
     /// ```
-    pub fn label(&self) -> &str {
+    pub fn label(&self) -> String {
         let path = self.path();
-        path.rsplit('/').next().unwrap_or(path)
+        match path.rsplit_once('/') {
+            Some((_, name)) => name.to_owned(),
+            None => path,
+        }
     }
 }
 
@@ -122,15 +125,17 @@ const WRAPPER_OPTIONS_WITH_VALUE: &[&str] =
     &["-u", "-C", "-S", "-g", "-n", "-p", "--unset", "--chdir"];
 
 /// The first word that is neither an assignment, a wrapper nor a wrapper's option, cut at the
-/// first shell operator (`FOO=1 get|jq` gives `get`).
-fn program_word<'a>(words: impl IntoIterator<Item = &'a str>) -> &'a str {
-    let mut words = words
-        .into_iter()
-        .map(|w| w.trim_matches(|c| c == '"' || c == '\''));
+/// first shell operator (`FOO=1 get|jq` gives `get`, `$(cat f)` gives nothing).
+fn program_word<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> String {
+    let mut words = words.into_iter();
     let mut wrapped = false;
     while let Some(w) = words.next() {
-        if is_assignment(w) || WRAPPERS.contains(&w) {
-            wrapped |= !is_assignment(w);
+        let w = w.as_ref();
+        if is_assignment(w) {
+            continue;
+        }
+        if WRAPPERS.contains(&w) {
+            wrapped = true;
             continue;
         }
         if wrapped && w.starts_with('-') {
@@ -142,9 +147,88 @@ fn program_word<'a>(words: impl IntoIterator<Item = &'a str>) -> &'a str {
         return w
             .split(|c: char| "|;&<>()`$".contains(c))
             .next()
-            .unwrap_or("");
+            .unwrap_or("")
+            .to_owned();
     }
-    ""
+    String::new()
+}
+
+/// Splits a shell line into words the way `sh` does for quoting: `'…'` and `"…"` (with `\`
+/// escapes) join, a backslash escapes one character, and a `$(…)` or `` `…` `` substitution
+/// stays inside its word, so that no part of a quoted or computed value is ever taken for
+/// the program. (Expansions are not performed; the words are only for naming the program.)
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut depth = 0usize; // inside `$(…)`
+    let mut backtick = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if depth > 0 || backtick {
+            cur.push(c);
+            match c {
+                '(' if depth > 0 => depth += 1,
+                ')' if depth > 0 => depth -= 1,
+                '`' if backtick => backtick = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                for c in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    cur.push(c);
+                }
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => cur.extend(chars.next()),
+                        _ => cur.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.extend(chars.next());
+            }
+            '$' if chars.peek() == Some(&'(') => {
+                in_word = true;
+                cur.push('$');
+                depth = 0;
+                if let Some(open) = chars.next() {
+                    cur.push(open);
+                    depth = 1;
+                }
+            }
+            '`' => {
+                in_word = true;
+                cur.push('`');
+                backtick = true;
+            }
+            _ => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
 }
 
 /// Whether `w` is a shell assignment `NAME=value`.
@@ -443,6 +527,13 @@ mod tests {
             ("sudo -u svc TOKEN=s3cr3t fetch", "fetch"),
             ("TOKEN=s3cr3t get|jq -r .token", "get"),
             ("X=s3cr3t", ""),
+            (r#"TOKEN="s3 cr3t" vault read"#, "vault"),
+            ("TOKEN='s3 cr3t' vault", "vault"),
+            (r"TOKEN=s3\ cr3t vault", "vault"),
+            ("TOKEN=$(echo s3 cr3t) vault", "vault"),
+            ("TOKEN=`echo s3 cr3t` vault", "vault"),
+            ("$(cat /run/s3cr3t) --flag", ""),
+            (r#"'/opt/my tools/get token' --key s3cr3t"#, "get token"),
         ] {
             let src = CommandSource::shell(line);
             assert_eq!(src.describe(), format!("command source `{want}`"), "{line}");

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::assertion::ClientAssertion;
 use super::http::IdpClient;
-use super::inputs::warn_if_shared;
+use super::inputs::{read_bounded_async, Holds, MAX_SECRET_FILE};
 use super::oauth::{check_url, ClientAuth, ClientCredentialsSource, OAuthClient};
 use super::output::check_token_text;
 use super::{Fingerprint, SharedEnv, Source};
@@ -42,13 +42,10 @@ impl FederatedTokenFile {
 #[async_trait]
 impl ClientAssertion for FederatedTokenFile {
     async fn assertion(&self, _token_url: &str) -> Result<Secret> {
-        warn_if_shared(&self.path);
-        let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
-            Error::new(
-                self.describe(),
-                ErrorKind::Unavailable(format!("cannot read: {e}")),
-            )
-        })?;
+        let bytes = read_bounded_async(&self.path, MAX_SECRET_FILE, Holds::Secret)
+            .await
+            .map_err(|e| Error::new(self.describe(), e.kind("")))?;
+        let text = String::from_utf8_lossy(&bytes);
         let token = text.trim();
         check_token_text(token)
             .map_err(|e| Error::new(self.describe(), ErrorKind::InvalidResponse(e)))?;

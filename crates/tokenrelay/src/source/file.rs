@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+use super::inputs::{read_bounded_async, FileError, Holds, MAX_SECRET_FILE};
 use super::output::{self, OutputFormat};
 use super::{Fingerprint, Source, TokenRequest, DEFAULT_TTL};
 use crate::error::{Error, ErrorKind, Result};
@@ -15,9 +16,6 @@ use crate::token::Token;
 /// How often a file source is checked for a new token even when the current one is far from
 /// expiry (10 s): a rotated file is picked up within ~10 s, for the cost of one `stat`.
 pub const DEFAULT_FILE_RECHECK: Duration = Duration::from_secs(10);
-
-/// Longest file we read as a token (1 MiB).
-const MAX_FILE_LEN: u64 = 1024 * 1024;
 
 /// Reads the token from a file; re-reads only when its size or modification time changed.
 #[derive(Debug)]
@@ -66,25 +64,9 @@ impl FileSource {
 #[async_trait]
 impl Source for FileSource {
     async fn acquire(&self, _req: &TokenRequest) -> Result<Token> {
-        let meta = tokio::fs::metadata(&self.path).await.map_err(|e| {
-            self.err(ErrorKind::Unavailable(format!(
-                "cannot read {}: {e}",
-                self.path.display()
-            )))
-        })?;
-        if !meta.is_file() {
-            return Err(self.err(ErrorKind::Unavailable(format!(
-                "{} is not a regular file",
-                self.path.display()
-            ))));
-        }
-        if meta.len() > MAX_FILE_LEN {
-            return Err(self.err(ErrorKind::InvalidResponse(format!(
-                "{} is {} bytes, too large for a token",
-                self.path.display(),
-                meta.len()
-            ))));
-        }
+        let meta = tokio::fs::metadata(&self.path)
+            .await
+            .map_err(|e| self.err(FileError::Io(e).kind("")))?;
         let stamp = (meta.len(), meta.modified().ok());
         let now = SystemTime::now();
         if let Ok(last) = self.last.lock() {
@@ -94,12 +76,11 @@ impl Source for FileSource {
                 }
             }
         }
-        let bytes = tokio::fs::read(&self.path).await.map_err(|e| {
-            self.err(ErrorKind::Unavailable(format!(
-                "cannot read {}: {e}",
-                self.path.display()
-            )))
-        })?;
+        // Checks the type and size again and bounds the read itself, so a file that grows
+        // after the stat above still cannot exceed the cap.
+        let bytes = read_bounded_async(&self.path, MAX_SECRET_FILE, Holds::Token)
+            .await
+            .map_err(|e| self.err(e.kind("")))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             self.err(ErrorKind::InvalidResponse(format!(
                 "{} is not UTF-8 (invalid byte at offset {})",
@@ -184,5 +165,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fifos_devices_and_large_files_are_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        for (path, cause) in [
+            (fifo, "not a regular file (fifo)"),
+            ("/dev/zero".into(), "not a regular file (character device)"),
+            (big, "larger than 1 MiB"),
+        ] {
+            let (src, req) = (FileSource::new(&path), TokenRequest::new("p"));
+            let err = tokio::time::timeout(Duration::from_secs(5), src.acquire(&req))
+                .await
+                .expect("must not hang")
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("file source {}: {cause}", path.display())
+            );
+        }
     }
 }

@@ -101,9 +101,7 @@ impl IdpClient {
             b = b.no_proxy();
         }
         if let Some(path) = ca_bundle {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::config(origin, format!("cannot read {}: {e}", path.display()))
-            })?;
+            let pem = super::inputs::read_config_file(origin, path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::config(origin, format!("{}: {}", path.display(), e.without_url()))
             })?;
@@ -388,7 +386,7 @@ impl TokenResponse {
     ) -> crate::Token {
         let expiry = match self.expires_at {
             Some(at) => crate::token::cap_expiry(now, at),
-            None => crate::token::expiry_after(now, default_ttl.as_secs()),
+            None => crate::token::expiry_after(now, default_ttl),
         };
         crate::Token::new(self.access_token, origin)
             .acquired_at(now)
@@ -431,7 +429,7 @@ pub fn parse_token_response(
         .or_else(|| {
             v.get("expires_in")
                 .and_then(seconds)
-                .map(|s| crate::token::expiry_after(now, s))
+                .map(|s| crate::token::expiry_after(now, Duration::from_secs(s)))
         })
         .or_else(|| {
             jwt::looks_like_jwt(token)

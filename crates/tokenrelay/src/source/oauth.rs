@@ -114,11 +114,11 @@ impl OAuthClient {
                 Ok(None)
             }
             ClientAuth::SecretBasic(s) => {
-                let secret = s.read(origin, "client secret")?;
+                let secret = s.read(origin, "client secret").await?;
                 Ok(Some((id.unwrap_or_default(), secret)))
             }
             ClientAuth::SecretPost(s) => {
-                let secret = s.read(origin, "client secret")?;
+                let secret = s.read(origin, "client secret").await?;
                 form.push(("client_id", id.unwrap_or_default()));
                 form.push(("client_secret", secret.expose().to_owned()));
                 Ok(None)

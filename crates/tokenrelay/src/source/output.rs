@@ -78,7 +78,7 @@ impl Parsed {
     pub fn into_token(self, origin: &str, now: SystemTime, default_ttl: Option<Duration>) -> Token {
         let expiry = self
             .expires_at
-            .or_else(|| default_ttl.map(|ttl| expiry_after(now, ttl.as_secs())))
+            .or_else(|| default_ttl.map(|ttl| expiry_after(now, ttl)))
             .map(|at| cap_expiry(now, at));
         let token = Token::new(self.secret, origin)
             .acquired_at(now)
@@ -241,7 +241,10 @@ fn parse_json(text: &str) -> Result<Parsed, String> {
         let exp = if let Some(v) = obj.get("expires_on") {
             Some(epoch(v, 1, "expires_on")?)
         } else if let Some(v) = obj.get("expires_in") {
-            Some(expiry_after(now, number(v, "expires_in")?))
+            Some(expiry_after(
+                now,
+                Duration::from_secs(number(v, "expires_in")?),
+            ))
         } else {
             None
         };
@@ -593,6 +596,12 @@ mod tests {
     #[test]
     fn default_ttl_applies_only_without_stated_expiry() {
         let now = at(1_000);
+        let t = parse("abc", OutputFormat::Auto).unwrap().into_token(
+            "x",
+            now,
+            Some(Duration::from_millis(1_500)),
+        );
+        assert_eq!(t.expiry(), Some(now + Duration::from_millis(1_500)));
         let ttl = Some(Duration::from_secs(60));
         let t = parse("abc", OutputFormat::Auto)
             .unwrap()

@@ -164,14 +164,14 @@ impl Source for RefreshTokenSource {
         let kept = self.unsaved();
         let refresh = match &kept {
             Some(r) => r.clone(),
-            None => self.refresh.read(&origin, "refresh token")?,
+            None => self.refresh.read(&origin, "refresh token").await?,
         };
         let now = SystemTime::now();
         let mut resp = match self.grant(req, &origin, &refresh).await {
             // The kept token was rejected: the user may have put a new one in the input
             // (signed in again); try that once before giving up.
             Err(e) if kept.is_some() && is_invalid_grant(&e) => {
-                let configured = self.refresh.read(&origin, "refresh token")?;
+                let configured = self.refresh.read(&origin, "refresh token").await?;
                 if configured == refresh {
                     return Err(e);
                 }
