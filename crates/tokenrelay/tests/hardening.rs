@@ -256,6 +256,19 @@ async fn trace_connect_and_climbing_paths_never_leave() {
     )
     .await;
     assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+    // Also where every provider has a prefix: the method is refused before routing.
+    let prefixed = proxy(
+        &provider_toml("a", &up.url(), "path_prefix = \"/a\""),
+        vec![src(&issuer)],
+        ProxyOptions::default(),
+    )
+    .await;
+    let connect = raw(
+        prefixed,
+        "CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
     for path in [
         "/../admin",
         "/%2e%2e/admin",
@@ -517,4 +530,35 @@ async fn http2_requests_carry_authority_and_no_host_header() {
         let status = r.status();
         assert_eq!(status, 200, "{}", r.text().await.unwrap());
     }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let up = ok_upstream().await;
+    let addr = proxy_with("idle_timeout = \"1s\"", &up, &issuer).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let driven = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://127.0.0.1:{}/v1/models", addr.port()))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let started = Instant::now();
+    // The proxy sends GOAWAY and closes: the client connection ends on its own.
+    tokio::time::timeout(Duration::from_secs(5), driven)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(700), "closed after {took:?}");
 }

@@ -107,9 +107,10 @@ pub(crate) struct Guard {
     origins: Vec<HeaderValue>,
 }
 
-/// Splits `host[:port]` (`[v6]:port` too) into a lower-case name without brackets and a port.
-/// `None` when it is not a host.
-fn split_host(authority: &str) -> Option<(String, Option<u16>)> {
+/// Splits `host[:port]` (`[v6]:port` too) into a name without brackets or a trailing dot and
+/// a port, without copying (this runs on every request). `None` when it is not a host.
+fn split_host(authority: &str) -> Option<(&str, Option<u16>)> {
+    let bracketed = authority.starts_with('[');
     let (name, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (inside, after) = rest.split_once(']')?;
         let port = match after {
@@ -124,7 +125,6 @@ fn split_host(authority: &str) -> Option<(String, Option<u16>)> {
             None => (authority, None),
         }
     };
-    let bracketed = authority.starts_with('[');
     let valid = if bracketed {
         name.parse::<Ipv6Addr>().is_ok()
     } else {
@@ -133,16 +133,16 @@ fn split_host(authority: &str) -> Option<(String, Option<u16>)> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     };
-    if !valid {
-        return None;
-    }
-    Some((name.trim_end_matches('.').to_ascii_lowercase(), port))
+    valid.then(|| (name.strip_suffix('.').unwrap_or(name), port))
 }
 
-/// Whether `name` (from [`split_host`]) always means this machine.
+/// Whether `name` (from [`split_host`], any case) always means this machine.
 fn is_loopback_name(name: &str) -> bool {
-    name == "localhost"
-        || name.ends_with(".localhost")
+    const SUFFIX: &str = ".localhost";
+    let b = name.as_bytes();
+    name.eq_ignore_ascii_case("localhost")
+        || (b.len() > SUFFIX.len()
+            && b[b.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX.as_bytes()))
         || name.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
         || name.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback())
 }
@@ -189,7 +189,10 @@ impl Guard {
                     format!("{h:?} is not a host name, host:port or \"*\""),
                 )
             })?;
-            g.hosts.push(HostRule { name, port });
+            g.hosts.push(HostRule {
+                name: name.to_ascii_lowercase(),
+                port,
+            });
         }
         for o in origins {
             g.origins.push(normalise_origin("allowed_origins", o)?);
@@ -231,11 +234,11 @@ impl Guard {
         let Some((name, port)) = authority.and_then(split_host) else {
             return false;
         };
-        is_loopback_name(&name)
+        is_loopback_name(name)
             || self
                 .hosts
                 .iter()
-                .any(|r| r.name == name && (r.port.is_none() || r.port == port))
+                .any(|r| r.name.eq_ignore_ascii_case(name) && (r.port.is_none() || r.port == port))
     }
 
     fn allowed_origin(&self, origin: &HeaderValue) -> Option<&HeaderValue> {

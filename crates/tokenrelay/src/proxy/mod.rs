@@ -500,6 +500,16 @@ impl Proxy {
     }
 }
 
+impl Router {
+    /// The error style of this listener's answers that belong to no one route: its root
+    /// provider's, else OpenAI's.
+    fn style(&self, state: &State) -> ErrorStyle {
+        self.root
+            .and_then(|i| state.providers.get(i))
+            .map_or(ErrorStyle::Openai, |p| p.style)
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn no_provider(router: &Router, path: &str) -> Response<ProxyBody> {
@@ -551,6 +561,10 @@ fn refused(state: &State, style: ErrorStyle, why: guard::Refusal) -> Response<Pr
 
 async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody> {
     let (state, router) = (&ctx.state, &ctx.router);
+    if guard::refused_method(req.method()) {
+        // Before routing: a CONNECT's target has no path to route by.
+        return refused(state, router.style(state), guard::Refusal::Method);
+    }
     let path = req.uri().path();
     let admin = router.admin && admin::is_admin_path(path);
     // Route first (the path alone decides), so that refusals come in the provider's shape.
@@ -582,9 +596,6 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
         Ok(o) => o,
         Err(why) => return refused(state, style, why),
     };
-    if guard::refused_method(req.method()) {
-        return refused(state, style, guard::Refusal::Method);
-    }
     if req.method() == http::Method::OPTIONS {
         return guard::options_response(&req, origin);
     }

@@ -288,6 +288,7 @@ async fn accept_loop(
         router,
         worker,
     });
+    let sweeper = tokio::spawn(sweep(drain.clone(), limits));
     let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
@@ -313,11 +314,11 @@ async fn accept_loop(
                 }
                 metrics.open.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
-                let activity = Arc::new(AtomicU64::new(0));
+                let clock = Arc::new(ConnClock::default());
                 let svc = {
-                    let (ctx, activity) = (ctx.clone(), activity.clone());
+                    let (ctx, clock) = (ctx.clone(), clock.clone());
                     service_fn(move |req| {
-                        activity.fetch_add(1, Ordering::Relaxed);
+                        clock.requests.fetch_add(1, Ordering::Relaxed);
                         let ctx = ctx.clone();
                         async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
                     })
@@ -326,9 +327,7 @@ async fn accept_loop(
                 let conn = Drained::new(conn, drain.clone(), Slot {
                     open: open.clone(),
                     state: ctx.state.clone(),
-                    activity,
-                    idle_after: limits.header_read_timeout,
-                    idle_timeout: limits.idle_timeout,
+                    clock,
                 });
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -340,10 +339,29 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    sweeper.abort();
     if tokio::time::timeout(grace, drain.drain()).await.is_err() {
         tracing::warn!(
             grace_s = grace.as_secs(),
             "in-flight requests still running after the grace period; closing them"
+        );
+    }
+}
+
+/// Every `tick`, marks the connections of `drain` that went without a new request for their
+/// idle time (see [`Drain::sweep`]). One timer per accept loop, not one per connection or per
+/// request.
+async fn sweep(drain: Arc<Drain>, limits: Limits) {
+    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        drain.sweep(
+            tokio::time::Instant::now(),
+            limits.header_read_timeout,
+            limits.idle_timeout,
         );
     }
 }
@@ -415,8 +433,28 @@ struct Drain {
 #[derive(Default)]
 struct Conns {
     next_id: u64,
-    wakers: HashMap<u64, Waker>,
+    wakers: HashMap<u64, Watched>,
     live: usize,
+}
+
+/// What a connection shares with its accept loop: how many requests it has received, and
+/// whether it has been found idle.
+#[derive(Default)]
+struct ConnClock {
+    /// Requests received, counted by the connection's service.
+    requests: AtomicU64,
+    /// Set when the connection went without a new request for its idle time: it finishes what
+    /// it is serving and closes.
+    idle: AtomicBool,
+}
+
+/// A registered connection, as the sweeper sees it.
+struct Watched {
+    waker: Waker,
+    clock: Arc<ConnClock>,
+    /// The request count at the last sweep, and since when it has not changed.
+    seen: u64,
+    since: tokio::time::Instant,
 }
 
 impl Drain {
@@ -434,14 +472,43 @@ impl Drain {
         c.next_id
     }
 
-    /// Registers connection `id`'s waker; false when shutdown has already begun.
-    fn register(&self, id: u64, waker: &Waker) -> bool {
+    /// Registers connection `id`'s waker and clock; false when shutdown has already begun.
+    fn register(&self, id: u64, waker: &Waker, clock: &Arc<ConnClock>) -> bool {
         let mut c = self.lock();
         if self.begun.load(Ordering::Acquire) {
             return false;
         }
-        c.wakers.insert(id, waker.clone());
+        c.wakers.insert(
+            id,
+            Watched {
+                waker: waker.clone(),
+                clock: clock.clone(),
+                seen: 0,
+                since: tokio::time::Instant::now(),
+            },
+        );
         true
+    }
+
+    /// Marks and wakes every connection whose request count has not changed for its idle
+    /// time: `first` before its first request (the header read timeout: this also bounds a
+    /// client that connects and sends nothing, before hyper knows the HTTP version and starts
+    /// its own timer), `idle` after that. A marked connection shuts down gracefully, so a
+    /// response it is still sending (a long stream) finishes first.
+    fn sweep(&self, now: tokio::time::Instant, first: Duration, idle: Duration) {
+        let mut c = self.lock();
+        for w in c.wakers.values_mut() {
+            let n = w.clock.requests.load(Ordering::Relaxed);
+            if n != w.seen {
+                w.seen = n;
+                w.since = now;
+                continue;
+            }
+            let limit = if n == 0 { first } else { idle };
+            if now.duration_since(w.since) >= limit && !w.clock.idle.swap(true, Ordering::Relaxed) {
+                w.waker.wake_by_ref();
+            }
+        }
     }
 
     fn leave(&self, id: u64) {
@@ -460,7 +527,7 @@ impl Drain {
             let mut c = self.lock();
             self.begun.store(true, Ordering::Release);
             for (_, w) in c.wakers.drain() {
-                w.wake();
+                w.waker.wake();
             }
             if c.live == 0 {
                 return;
@@ -471,24 +538,17 @@ impl Drain {
     }
 }
 
-/// What a connection holds of its listener: its place under `max_connections`, and its idle
+/// What a connection holds of its listener: its place under `max_connections`, and its
 /// clock.
 struct Slot {
     open: Arc<AtomicUsize>,
     state: Arc<State>,
-    /// Requests the connection has received (counted by its service).
-    activity: Arc<AtomicU64>,
-    /// How long the connection may go without its first request (the header read timeout:
-    /// this also bounds a client that connects and sends nothing, before the HTTP version is
-    /// known).
-    idle_after: Duration,
-    /// How long it may go without a new request after that.
-    idle_timeout: Duration,
+    clock: Arc<ConnClock>,
 }
 
-/// A connection that shuts down gracefully once its [`Drain`] begins, or once it has gone
-/// without a new request for its idle time (streams still running finish first). Boxed once
-/// per connection, so that this wrapper is `Unpin`.
+/// A connection that shuts down gracefully once its [`Drain`] begins, or once the sweeper
+/// found it idle (streams still running finish first). Boxed once per connection, so that
+/// this wrapper is `Unpin`.
 struct Drained<C> {
     conn: Pin<Box<C>>,
     drain: Arc<Drain>,
@@ -496,9 +556,6 @@ struct Drained<C> {
     registered: bool,
     told: bool,
     slot: Slot,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    /// The request count when `idle` was last set.
-    seen: u64,
 }
 
 impl<C> Drop for Drained<C> {
@@ -516,7 +573,6 @@ impl<C> Drop for Drained<C> {
 impl<C> Drained<C> {
     fn new(conn: C, drain: Arc<Drain>, slot: Slot) -> Self {
         let id = drain.join();
-        let idle = Box::pin(tokio::time::sleep(slot.idle_after));
         Drained {
             conn: Box::pin(conn),
             drain,
@@ -524,8 +580,6 @@ impl<C> Drained<C> {
             registered: false,
             told: false,
             slot,
-            idle,
-            seen: 0,
         }
     }
 }
@@ -537,20 +591,10 @@ impl<C: GracefulConnection> Future for Drained<C> {
         let this = self.get_mut();
         if !this.told {
             let begun = this.drain.begun.load(Ordering::Acquire)
-                || (!this.registered && !this.drain.register(this.id, cx.waker()));
+                || (!this.registered
+                    && !this.drain.register(this.id, cx.waker(), &this.slot.clock));
             this.registered = true;
-            let idle = !begun && this.idle.as_mut().poll(cx).is_ready() && {
-                let now = this.slot.activity.load(Ordering::Relaxed);
-                let quiet = now == this.seen;
-                if !quiet {
-                    // Requests came since: wait one more idle time from now.
-                    this.seen = now;
-                    let at = tokio::time::Instant::now() + this.slot.idle_timeout;
-                    this.idle.as_mut().reset(at);
-                    let _ = this.idle.as_mut().poll(cx);
-                }
-                quiet
-            };
+            let idle = this.slot.clock.idle.load(Ordering::Relaxed);
             if begun || idle {
                 this.told = true;
                 if idle {
