@@ -206,11 +206,28 @@ impl Guard {
         &self,
         req: &Request<B>,
     ) -> std::result::Result<Option<HeaderValue>, Refusal> {
-        let h = req.headers();
-        if self.check_host && !self.any_host && !self.host_allowed(req) {
-            return Err(Refusal::Host);
+        // One walk over the few headers a request has, rather than a hashed lookup per name.
+        let (mut host, mut origin, mut fetch_site) = (None, None, None);
+        for (name, value) in req.headers() {
+            if name == header::HOST {
+                host = Some(value);
+            } else if name == header::ORIGIN {
+                origin = Some(value);
+            } else if name.as_str() == "sec-fetch-site" {
+                fetch_site = Some(value);
+            }
         }
-        if let Some(origin) = h.get(header::ORIGIN) {
+        if self.check_host && !self.any_host {
+            let authority = match host {
+                Some(v) => v.to_str().ok(),
+                // HTTP/2 carries `:authority` in the URI.
+                None => req.uri().authority().map(http::uri::Authority::as_str),
+            };
+            if !authority.is_some_and(|a| self.host_allowed(a)) {
+                return Err(Refusal::Host);
+            }
+        }
+        if let Some(origin) = origin {
             return match self.allowed_origin(origin) {
                 Some(o) => Ok(Some(o.clone())),
                 None => Err(Refusal::Origin),
@@ -219,19 +236,26 @@ impl Guard {
         // Without an Origin, a browser still says where a request comes from (navigations,
         // `<img>`, `no-cors` fetches). Another site, even on another port of this machine,
         // is refused.
-        match h.get("sec-fetch-site").map(HeaderValue::as_bytes) {
+        match fetch_site.map(HeaderValue::as_bytes) {
             Some(b"cross-site" | b"same-site") => Err(Refusal::Origin),
             _ => Ok(None),
         }
     }
 
-    fn host_allowed<B>(&self, req: &Request<B>) -> bool {
-        let authority = match req.headers().get(header::HOST) {
-            Some(v) => v.to_str().ok(),
-            // HTTP/2 carries `:authority` in the URI.
-            None => req.uri().authority().map(http::uri::Authority::as_str),
-        };
-        let Some((name, port)) = authority.and_then(split_host) else {
+    fn host_allowed(&self, authority: &str) -> bool {
+        // What local clients send nearly always: `127.0.0.1:<port>` or `localhost:<port>`.
+        for common in ["127.0.0.1", "localhost"] {
+            if let Some(rest) = authority.strip_prefix(common) {
+                if rest.is_empty()
+                    || rest.strip_prefix(':').is_some_and(|p| {
+                        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+                    })
+                {
+                    return true;
+                }
+            }
+        }
+        let Some((name, port)) = split_host(authority) else {
             return false;
         };
         is_loopback_name(name)
