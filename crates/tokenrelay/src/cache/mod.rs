@@ -188,8 +188,16 @@ struct Entry {
     last_ok_uncached: AtomicBool,
     refresher_started: AtomicBool,
     wake: Arc<Notify>,
-    /// Unix millis of the last invalidation by [`CacheEntry::invalidate_at_most_every`].
-    last_forced_ms: AtomicU64,
+    /// The last invalidation by [`CacheEntry::invalidate_at_most_every`].
+    last_forced: Mutex<ForcedRefresh>,
+}
+
+/// When the last forced refresh was, and which token it dropped.
+#[derive(Debug, Default, Clone, Copy)]
+struct ForcedRefresh {
+    /// Unix millis; 0: never.
+    at_ms: u64,
+    generation: u64,
 }
 
 /// The token cache for one source. Cheap to clone; clones share entries.
@@ -280,7 +288,7 @@ impl Cache {
                     last_ok_uncached: AtomicBool::new(false),
                     refresher_started: AtomicBool::new(false),
                     wake: Arc::new(Notify::new()),
-                    last_forced_ms: AtomicU64::new(0),
+                    last_forced: Mutex::new(ForcedRefresh::default()),
                 }))
             })
             .clone()
@@ -450,28 +458,35 @@ impl CacheEntry {
         generation: u64,
         min_interval: Duration,
     ) -> Invalidation {
+        // Rare (only on a `retry_on` answer): a lock keeps the decision simple and exact.
+        let mut last = self
+            .0
+            .last_forced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The rejection another caller already acted on: the same event, not a new one. Drop
+        // the token here too, in case that caller has not yet, so this one never retries with
+        // the rejected token.
+        if last.generation == generation {
+            drop(last);
+            self.invalidate(generation);
+            return Invalidation::AlreadyReplaced;
+        }
         let held = self.0.current.load();
         if !matches!(held.as_ref(), Some(c) if c.generation == generation) {
             return Invalidation::AlreadyReplaced;
         }
         drop(held);
         let now = crate::clock::unix_millis(self.0.clock.now());
-        let last = self.0.last_forced_ms.load(Ordering::Acquire);
         let interval = u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX);
-        if last != 0 && now.saturating_sub(last) < interval {
+        if last.at_ms != 0 && now.saturating_sub(last.at_ms) < interval {
             return Invalidation::RateLimited;
         }
-        // One caller wins the slot. A concurrent one with the same token drops it too (a
-        // no-op once the winner has), so it never retries with the rejected token.
-        if self
-            .0
-            .last_forced_ms
-            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            self.invalidate(generation);
-            return Invalidation::AlreadyReplaced;
-        }
+        *last = ForcedRefresh {
+            at_ms: now.max(1),
+            generation,
+        };
+        drop(last);
         if self.invalidate(generation) {
             Invalidation::Dropped
         } else {

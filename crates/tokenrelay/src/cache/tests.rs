@@ -234,6 +234,43 @@ async fn forced_invalidations_are_rate_limited_but_replaced_tokens_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rejections_of_one_token_are_one_forced_refresh_never_rate_limited() {
+    // The soak found this: two requests rejected with the same token at the same moment; the
+    // second saw the first's timestamp and was rate limited (its 401 reached the client).
+    for _ in 0..20 {
+        let (clock, _src, entry) = setup(Duration::from_secs(3600));
+        let every = Duration::from_secs(5);
+        let g1 = entry.get().await.unwrap().generation();
+        assert_eq!(
+            entry.invalidate_at_most_every(g1, every),
+            Invalidation::Dropped
+        );
+        clock.advance(Duration::from_secs(6));
+        let g2 = entry.get().await.unwrap().generation();
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (e, b) = (entry.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                b.wait().await;
+                e.invalidate_at_most_every(g2, every)
+            }));
+        }
+        let mut dropped = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Invalidation::Dropped => dropped += 1,
+                Invalidation::AlreadyReplaced => {}
+                Invalidation::RateLimited => {
+                    panic!("a caller of the same rejection was rate limited")
+                }
+            }
+        }
+        assert_eq!(dropped, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_401s_causes_one_reacquisition() {
     let (_clock, src, entry) = setup(Duration::from_secs(3600));
     let g1 = entry.get().await.unwrap().generation();

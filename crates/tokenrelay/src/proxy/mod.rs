@@ -601,17 +601,19 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
     }
     let mut resp = match routed {
         None => admin::respond(state, &req),
-        Some((provider, strip)) => {
-            if let Some(key) = &state.local_key {
-                if !forward::has_local_key(req.headers(), key) {
-                    return local_key_refused(provider, ctx.worker);
-                }
-            }
-            if guard::climbs_above_root(&path[strip..]) {
-                return refused(state, style, guard::Refusal::Path);
-            }
-            forward::forward(state, provider, req, strip, ctx.worker).await
+        // An allowed page reads these refusals too (CORS headers below).
+        Some((provider, _))
+            if state
+                .local_key
+                .as_ref()
+                .is_some_and(|key| !forward::has_local_key(req.headers(), key)) =>
+        {
+            local_key_refused(provider, ctx.worker)
         }
+        Some((_, strip)) if guard::climbs_above_root(&path[strip..]) => {
+            refused(state, style, guard::Refusal::Path)
+        }
+        Some((provider, strip)) => forward::forward(state, provider, req, strip, ctx.worker).await,
     };
     if let Some(origin) = origin {
         guard::add_cors(resp.headers_mut(), origin);
