@@ -598,7 +598,7 @@ fn log_rate_limited(p: &Provider, rejected: u16) {
         provider = %p.name,
         status = rejected,
         min_refresh_interval_s = p.min_refresh_interval.as_secs(),
-        "upstream rejected a token acquired less than min_refresh_interval ago; passing the status through without another acquisition"
+        "upstream rejected the token, and the last forced refresh was less than min_refresh_interval ago; passing the status through without another acquisition"
     );
 }
 
