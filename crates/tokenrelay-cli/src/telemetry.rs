@@ -12,8 +12,9 @@ pub(crate) enum LogFormat {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
-    /// Log filter (e.g. `info`, `tokenrelay=debug`); default: warn for one-shot commands,
-    /// info for serve/run/demo. `RUST_LOG` is used when this is not given.
+    /// Log filter (e.g. `info`, `tokenrelay=debug`); default: info for serve and demo, warn
+    /// for run (its terminal belongs to the wrapped command) and the one-shot commands.
+    /// `RUST_LOG` is used when this is not given.
     #[arg(long, global = true, env = "TOKENRELAY_LOG")]
     pub log_level: Option<String>,
     /// Log line format.
@@ -26,9 +27,13 @@ pub(crate) fn init(args: &LogArgs, default_level: &str) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
+    // Colours only for a person at a terminal: a log file or a collector gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false);
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),

@@ -156,6 +156,7 @@ pub struct EntryStatus {
 
 /// What [`CacheEntry::invalidate_at_most_every`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Invalidation {
     /// The token of that generation was dropped: the next `get` acquires a new one.
     Dropped,

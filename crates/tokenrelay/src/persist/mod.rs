@@ -78,6 +78,7 @@ pub struct Lookup {
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Served {
     /// A valid cached token, not due for refresh.
     Cache,
