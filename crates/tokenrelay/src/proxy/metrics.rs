@@ -122,28 +122,27 @@ impl ListenerMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        family(
-            out,
-            "tokenrelay_connections_open",
-            "gauge",
-            "Client connections open now, over all listeners.",
-        );
-        let _ = writeln!(
-            out,
-            "tokenrelay_connections_open {}",
-            self.open.load(Ordering::Relaxed)
-        );
-        family(
-            out,
-            "tokenrelay_connections_refused_total",
-            "counter",
-            "Client connections answered 503 and closed because a listener was at max_connections.",
-        );
-        let _ = writeln!(
-            out,
-            "tokenrelay_connections_refused_total {}",
-            self.conns_refused.load(Ordering::Relaxed)
-        );
+        for ((name, kind, help), value) in [
+            (
+                (
+                    "tokenrelay_connections_open",
+                    "gauge",
+                    "Client connections open now, over all listeners.",
+                ),
+                &self.open,
+            ),
+            (
+                (
+                    "tokenrelay_connections_refused_total",
+                    "counter",
+                    "Client connections answered 503 and closed because a listener was at max_connections.",
+                ),
+                &self.conns_refused,
+            ),
+        ] {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
         family(
             out,
             "tokenrelay_requests_refused_total",
