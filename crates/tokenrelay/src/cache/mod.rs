@@ -487,8 +487,11 @@ impl CacheEntry {
             at_ms: now.max(1),
             generation,
         };
+        // Dropped under the lock: a concurrent caller of the same rejection then finds it
+        // dropped, and exactly one caller reports `Dropped`.
+        let dropped = self.invalidate(generation);
         drop(last);
-        if self.invalidate(generation) {
+        if dropped {
             Invalidation::Dropped
         } else {
             Invalidation::AlreadyReplaced
