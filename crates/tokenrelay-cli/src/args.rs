@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use tokenrelay::config::{
-    CommandConfig, Config, EnvConfig, FileConfig, Inject, ProviderConfig, SourceConfig,
+    CommandConfig, Config, EnvConfig, FileConfig, ProviderConfig, SourceConfig,
 };
+use tokenrelay::inject::Style;
 use tokenrelay::source::output::OutputFormat;
 use tokenrelay::source::{ProcessEnv, SharedEnv};
 
@@ -48,8 +49,8 @@ pub(crate) struct ProviderArgs {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// How to inject the token (proxy): bearer, api-key, x-api-key, header:NAME[:TEMPLATE].
-    #[arg(long, value_parser = Inject::parse_name, value_name = "STYLE")]
-    pub inject: Option<Inject>,
+    #[arg(long, value_parser = Style::parse_name, value_name = "STYLE")]
+    pub inject: Option<Style>,
     /// Extra header set on every upstream request, `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,

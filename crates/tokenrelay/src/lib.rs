@@ -41,6 +41,7 @@ pub mod cache;
 mod clock;
 pub mod config;
 mod error;
+pub mod inject;
 pub mod jwt;
 pub mod persist;
 pub mod proxy;
@@ -48,9 +49,7 @@ mod secret;
 pub mod source;
 mod token;
 
-pub use cache::{
-    Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, Invalidation, TokenRef,
-};
+pub use cache::{Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, Invalidation};
 pub use clock::{rfc3339, Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use secret::Secret;
