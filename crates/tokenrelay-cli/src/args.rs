@@ -114,7 +114,9 @@ impl ProviderArgs {
                 "--config and --token-command/--token-file/--token-env are exclusive",
             )),
             (Some(path), None) => {
+                self.refuse_ignored_flags()?;
                 let mut cfg = Config::from_file(path)?;
+                self.refuse_untaken_source_flags(&cfg)?;
                 for p in &mut cfg.providers {
                     self.apply_overrides(p);
                 }
@@ -174,6 +176,53 @@ impl ProviderArgs {
     }
 
     /// Flags that refine a config file's providers.
+    /// With `--config`, the flags that only describe a flag-defined provider would be ignored:
+    /// a usage error names them (a silently dropped `--upstream` sends requests elsewhere).
+    fn refuse_ignored_flags(&self) -> Result<(), Failure> {
+        let ignored: Vec<&str> = [
+            (self.upstream.is_some(), "--upstream"),
+            (self.inject.is_some(), "--inject"),
+            (!self.headers.is_empty(), "--header"),
+            (!self.retry_on.is_empty(), "--retry-on"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if ignored.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::usage(format!(
+            "{} describe a provider given by flags and would be ignored with --config; set them in the config file's [[provider]] table",
+            ignored.join(", ")
+        )))
+    }
+
+    /// `--format`, `--timeout` and `--default-ttl` override command, file and env sources;
+    /// given with a config that has none, they would be ignored: a usage error.
+    fn refuse_untaken_source_flags(&self, cfg: &Config) -> Result<(), Failure> {
+        let given: Vec<&str> = [
+            (self.format.is_some(), "--format"),
+            (self.timeout.is_some(), "--timeout"),
+            (self.default_ttl.is_some(), "--default-ttl"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        let takes = cfg.providers.iter().any(|p| {
+            matches!(
+                p.source,
+                SourceConfig::Command(_) | SourceConfig::Env(_) | SourceConfig::File(_)
+            )
+        });
+        if given.is_empty() || takes {
+            return Ok(());
+        }
+        Err(Failure::usage(format!(
+            "{} apply to command, file and env sources, and the config has none; set the source's own keys in the config file",
+            given.join(", ")
+        )))
+    }
+
     fn apply_overrides(&self, p: &mut ProviderConfig) {
         if let Some(scope) = &self.scope {
             p.scope = Some(scope.clone());
