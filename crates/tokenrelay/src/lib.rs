@@ -99,7 +99,7 @@ pub mod source;
 mod token;
 
 pub use cache::{Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, Invalidation};
-pub use clock::{rfc3339, Clock, ManualClock, SystemClock};
+pub use clock::{rfc3339, Clock, ManualClock, Sleep, SystemClock, MAX_SLEEP};
 pub use error::{Error, ErrorKind, Result};
 pub use secret::Secret;
 pub use source::{Source, TokenRequest};

@@ -772,18 +772,15 @@ impl Drop for ClearFlight<'_> {
 /// failure retries on the backoff schedule. Holds the entry only weakly; ends when it is dropped.
 async fn refresher(weak: Weak<Entry>, wake: Arc<Notify>) {
     loop {
-        let wait = {
+        let sleep = {
             let Some(entry) = weak.upgrade() else { return };
-            let now = entry.clock.now();
-            entry
-                .next_wake()
-                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+            entry.next_wake().map(|at| entry.clock.sleep_until(at))
         };
         let notified = wake.notified();
-        match wait {
-            Some(wait) => {
+        match sleep {
+            Some(sleep) => {
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    () = sleep => {}
                     _ = notified => continue,
                 }
             }
