@@ -82,26 +82,23 @@ impl ProviderArgs {
         }
         let format = self.format.unwrap_or_default();
         Ok(if let Some(cmd) = &self.token_command {
-            Some(SourceConfig::Command(CommandConfig {
-                command: Some(cmd.clone()),
-                args: None,
-                format,
-                timeout: self.timeout,
-                default_ttl: self.default_ttl,
-            }))
+            let mut c = CommandConfig::default();
+            c.command = Some(cmd.clone());
+            c.format = format;
+            c.timeout = self.timeout;
+            c.default_ttl = self.default_ttl;
+            Some(SourceConfig::Command(c))
         } else if let Some(path) = &self.token_file {
-            Some(SourceConfig::File(FileConfig {
-                path: path.clone(),
-                format,
-                default_ttl: self.default_ttl,
-            }))
+            let mut c = FileConfig::new(path.clone());
+            c.format = format;
+            c.default_ttl = self.default_ttl;
+            Some(SourceConfig::File(c))
         } else {
             self.token_env.as_ref().map(|name| {
-                SourceConfig::Env(EnvConfig {
-                    name: name.clone(),
-                    format,
-                    default_ttl: self.default_ttl,
-                })
+                let mut c = EnvConfig::new(name.clone());
+                c.format = format;
+                c.default_ttl = self.default_ttl;
+                SourceConfig::Env(c)
             })
         })
     }
@@ -133,39 +130,19 @@ impl ProviderArgs {
                     })?;
                     headers.insert(k.trim().to_owned(), v.trim().to_owned());
                 }
-                let cfg = Config {
-                    listen: None,
-                    admin_listen: None,
-                    local_key_env: None,
-                    local_key_file: None,
-                    ca_bundle: self.ca_bundle.clone(),
-                    allowed_hosts: Vec::new(),
-                    allowed_origins: Vec::new(),
-                    header_read_timeout: None,
-                    idle_timeout: None,
-                    max_connections: None,
-                    providers: vec![ProviderConfig {
-                        name: self.provider.clone().unwrap_or_else(|| "default".into()),
-                        upstream: self.upstream.clone(),
-                        inject: self.inject.clone().unwrap_or_default(),
-                        scope: self.scope.clone(),
-                        path_prefix: None,
-                        listen: None,
-                        headers,
-                        retry_on: if self.retry_on.is_empty() {
-                            vec![401]
-                        } else {
-                            self.retry_on.clone()
-                        },
-                        min_remaining: self.min_remaining,
-                        upstream_timeout: None,
-                        min_refresh_interval: None,
-                        error_style: None,
-                        aws_region: None,
-                        aws_service: None,
-                        source,
-                    }],
-                };
+                let name = self.provider.clone().unwrap_or_else(|| "default".into());
+                let mut p = ProviderConfig::new(name, source);
+                p.upstream.clone_from(&self.upstream);
+                p.inject = self.inject.clone().unwrap_or_default();
+                p.scope.clone_from(&self.scope);
+                p.headers = headers;
+                if !self.retry_on.is_empty() {
+                    p.retry_on.clone_from(&self.retry_on);
+                }
+                p.min_remaining = self.min_remaining;
+                let mut cfg = Config::default();
+                cfg.ca_bundle.clone_from(&self.ca_bundle);
+                cfg.providers = vec![p];
                 cfg.validate("flags")?;
                 Ok(cfg)
             }

@@ -70,8 +70,9 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Listener for the proxy (default [`DEFAULT_LISTEN`]).
     #[serde(default)]
@@ -115,6 +116,7 @@ pub struct Config {
 /// One upstream and the identity that authenticates to it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ProviderConfig {
     /// Unique name (letters, digits, `-`, `_`).
     pub name: String,
@@ -166,6 +168,30 @@ fn default_retry_on() -> Vec<u16> {
     vec![401]
 }
 
+impl ProviderConfig {
+    /// A provider called `name` with tokens from `source` and every other key at its default
+    /// (as a `[[provider]]` table with only `name` and `[provider.source]`).
+    pub fn new(name: impl Into<String>, source: SourceConfig) -> Self {
+        ProviderConfig {
+            name: name.into(),
+            upstream: None,
+            inject: Style::default(),
+            scope: None,
+            path_prefix: None,
+            listen: None,
+            headers: BTreeMap::new(),
+            retry_on: default_retry_on(),
+            min_remaining: None,
+            upstream_timeout: None,
+            min_refresh_interval: None,
+            error_style: None,
+            aws_region: None,
+            aws_service: None,
+            source,
+        }
+    }
+}
+
 /// The JSON shape of the proxy's own error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -214,6 +240,7 @@ pub enum SourceConfig {
 /// A value read once at start-up from `value_env` or `value_file`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StaticConfig {
     /// Variable holding the value.
     #[serde(default)]
@@ -226,6 +253,7 @@ pub struct StaticConfig {
 /// An environment variable, read at each acquisition.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct EnvConfig {
     /// Variable name.
     pub name: String,
@@ -237,9 +265,21 @@ pub struct EnvConfig {
     pub default_ttl: Option<Duration>,
 }
 
+impl EnvConfig {
+    /// The variable `name`, auto-detected format, default lifetime.
+    pub fn new(name: impl Into<String>) -> Self {
+        EnvConfig {
+            name: name.into(),
+            format: OutputFormat::default(),
+            default_ttl: None,
+        }
+    }
+}
+
 /// A file, re-read when it changes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FileConfig {
     /// Path.
     pub path: PathBuf,
@@ -251,9 +291,21 @@ pub struct FileConfig {
     pub default_ttl: Option<Duration>,
 }
 
+impl FileConfig {
+    /// The file at `path`, auto-detected format, default lifetime.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileConfig {
+            path: path.into(),
+            format: OutputFormat::default(),
+            default_ttl: None,
+        }
+    }
+}
+
 /// A command's stdout.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CommandConfig {
     /// A shell command line (`sh -c`).
     #[serde(default)]

@@ -163,7 +163,7 @@ fn reject(
 fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let status = e.http_status();
+    let status = e.http_status().as_u16();
     m.record_status(status);
     tracing::warn!(provider = %p.name, error = %e, "no token for request");
     error_response(

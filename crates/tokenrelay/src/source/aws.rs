@@ -219,6 +219,7 @@ impl Source for AwsWebIdentitySource {
 /// `kind = "aws-web-identity"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AwsWebIdentityConfig {
     /// Role to assume; default `AWS_ROLE_ARN`.
     #[serde(default)]
