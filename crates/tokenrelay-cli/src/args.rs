@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use tokenrelay::config::{
-    CommandConfig, Config, EnvConfig, FileConfig, ProviderConfig, SourceConfig,
-};
+use tokenrelay::config::{Config, ProviderConfig};
 use tokenrelay::inject::Style;
 use tokenrelay::source::output::OutputFormat;
+use tokenrelay::source::{CommandConfig, EnvConfig, FileConfig, SourceConfig};
 use tokenrelay::source::{ProcessEnv, SharedEnv};
 
 use crate::Failure;

@@ -19,10 +19,10 @@ use super::http::squash;
 use super::http::IdpClient;
 use super::inputs::SecretInput;
 use super::oauth::check_url;
+use super::SourceConfig;
 use super::{
     acquire_with_timeout, Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT,
 };
-use crate::config::SourceConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::token::{AwsCredentials, Token};

@@ -11,11 +11,11 @@ use serde::Deserialize;
 
 use super::http::IdpClient;
 use super::oauth::{check_url, joined_scope, request_scope, AuthMethod, OAuthClient};
+use super::SourceConfig;
 use super::{
     acquire_with_timeout, Fingerprint, SharedEnv, Source, TokenRequest, DEFAULT_SOURCE_TIMEOUT,
     DEFAULT_TTL,
 };
-use crate::config::SourceConfig;
 use crate::error::Result;
 use crate::jwt;
 use crate::token::Token;
