@@ -39,9 +39,20 @@ need() { # command package
 
 # nginx as the floor for an injecting proxy: static Authorization header, upstream keepalive,
 # no response buffering (SSE must pass through as it arrives). Every bench measures this same
-# configuration; only the process model (workers, master) is the caller's.
-nginx_conf() { # dir listen_port upstream_port token main_directives
-    local dir=$1 port=$2 up=$3 token=$4 main=$5
+# configuration; only the process model (workers, master) is the caller's. With a CA file, the
+# upstream is HTTPS (bench-upstream --tls-cert, a certificate for localhost): verified against
+# that CA, SNI localhost, TLS sessions reused; nginx speaks HTTP/1.1 to it (it has no h2 upstream).
+nginx_conf() { # dir listen_port upstream_port token main_directives [ca_file]
+    local dir=$1 port=$2 up=$3 token=$4 main=$5 ca=${6:-} scheme=http tls=""
+    if [[ -n $ca ]]; then
+        scheme=https
+        tls="
+            proxy_ssl_trusted_certificate $ca;
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;"
+    fi
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<EOF
 $main
@@ -62,11 +73,11 @@ http {
     server {
         listen 127.0.0.1:$port;
         location / {
-            proxy_pass http://bench_upstream;
+            proxy_pass $scheme://bench_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer $token";
-            proxy_buffering off;
+            proxy_buffering off;$tls
         }
     }
 }

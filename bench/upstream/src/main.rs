@@ -6,9 +6,17 @@
 //!   `data: [DONE]`, each event its own body frame (nothing is delayed).
 //! - Requests must carry `Authorization: Bearer <--token>`; others get an OpenAI-shaped 401, so
 //!   a proxy that fails to inject shows up as non-2xx responses in the load generator.
-//! - `GET /healthz` answers `ok` without auth; `GET /stats` answers the request counters.
+//! - `GET /healthz` answers `ok` without auth; `GET /stats` answers the request counters, with
+//!   the connections and requests per protocol (so a benchmark can tell whether a proxy spoke
+//!   HTTP/2 or HTTP/1.1 to it).
+//! - Plain HTTP/1.1 by default; with `--tls-cert FILE --tls-key FILE`, TLS (rustls) with ALPN
+//!   `h2` and `http/1.1`, each connection served with the protocol it negotiated (HTTP/1.1 when
+//!   the client offered no ALPN); `--no-h2` offers `http/1.1` only.
 //!
-//! Run: `bench-upstream --listen 127.0.0.1:0 --port-file FILE [--token T] [--events N] [--threads N]`.
+//! Run: `bench-upstream --listen 127.0.0.1:0 --port-file FILE [--token T] [--events N] [--threads N]
+//! [--tls-cert FILE --tls-key FILE [--no-h2]]`.
+
+mod tls;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,10 +30,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
@@ -64,6 +73,12 @@ struct State {
     requests: AtomicU64,
     streams: AtomicU64,
     unauthorized: AtomicU64,
+    /// Requests that came over HTTP/2.
+    h2_requests: AtomicU64,
+    h1_connections: AtomicU64,
+    h2_connections: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    tls_errors: AtomicU64,
 }
 
 fn sse_events(n: usize) -> Vec<Bytes> {
@@ -113,11 +128,16 @@ async fn handle(
         ));
     }
     if path == "/stats" {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let s = format!(
-            "{{\"requests\":{},\"streams\":{},\"unauthorized\":{}}}",
-            state.requests.load(Ordering::Relaxed),
-            state.streams.load(Ordering::Relaxed),
-            state.unauthorized.load(Ordering::Relaxed)
+            "{{\"requests\":{},\"streams\":{},\"unauthorized\":{},\"h2_requests\":{},\"h1_connections\":{},\"h2_connections\":{},\"tls_errors\":{}}}",
+            n(&state.requests),
+            n(&state.streams),
+            n(&state.unauthorized),
+            n(&state.h2_requests),
+            n(&state.h1_connections),
+            n(&state.h2_connections),
+            n(&state.tls_errors),
         );
         return Ok(response(
             StatusCode::OK,
@@ -126,6 +146,9 @@ async fn handle(
         ));
     }
     state.requests.fetch_add(1, Ordering::Relaxed);
+    if req.version() == Version::HTTP_2 {
+        state.h2_requests.fetch_add(1, Ordering::Relaxed);
+    }
     let authorized = req.headers().get(AUTHORIZATION) == Some(&state.expected);
     let body = match req.into_body().collect().await {
         Ok(c) => c.to_bytes(),
@@ -163,6 +186,9 @@ struct Args {
     token: String,
     events: usize,
     threads: usize,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    h2: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -172,6 +198,9 @@ fn parse_args() -> Result<Args, String> {
         token: "bench-token".into(),
         events: 20,
         threads: 1,
+        tls_cert: None,
+        tls_key: None,
+        h2: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -182,8 +211,17 @@ fn parse_args() -> Result<Args, String> {
             "--token" => a.token = value()?,
             "--events" => a.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
             "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--tls-cert" => a.tls_cert = Some(value()?),
+            "--tls-key" => a.tls_key = Some(value()?),
+            "--no-h2" => a.h2 = false,
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    if !a.h2 && a.tls_cert.is_none() {
+        return Err("--no-h2 needs --tls-cert and --tls-key (plain HTTP is HTTP/1.1 only)".into());
     }
     Ok(a)
 }
@@ -196,7 +234,18 @@ async fn serve(args: Args) -> Result<(), String> {
     if let Some(f) = &args.port_file {
         std::fs::write(f, format!("{}\n", addr.port())).map_err(|e| format!("{f}: {e}"))?;
     }
-    println!("bench-upstream listening on {addr}");
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, args.h2)?),
+        _ => None,
+    };
+    println!(
+        "bench-upstream listening on {addr} ({})",
+        match (&acceptor, args.h2) {
+            (None, _) => "plain HTTP/1.1",
+            (Some(_), true) => "TLS, ALPN h2 and http/1.1",
+            (Some(_), false) => "TLS, ALPN http/1.1 only",
+        }
+    );
     let expected = HeaderValue::from_str(&format!("Bearer {}", args.token))
         .map_err(|e| format!("--token: {e}"))?;
     let state = Arc::new(State {
@@ -205,6 +254,10 @@ async fn serve(args: Args) -> Result<(), String> {
         requests: AtomicU64::new(0),
         streams: AtomicU64::new(0),
         unauthorized: AtomicU64::new(0),
+        h2_requests: AtomicU64::new(0),
+        h1_connections: AtomicU64::new(0),
+        h2_connections: AtomicU64::new(0),
+        tls_errors: AtomicU64::new(0),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -216,13 +269,44 @@ async fn serve(args: Args) -> Result<(), String> {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let Some(acceptor) = acceptor else {
+                return serve_connection(state, stream, false).await;
+            };
+            match tls::accept(&acceptor, stream).await {
+                Ok((stream, h2)) => serve_connection(state, stream, h2).await,
+                Err(e) => {
+                    state.tls_errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("{e}");
+                }
+            }
         });
     }
+}
+
+/// Serves one connection with HTTP/2 (`h2`) or HTTP/1.1 until the client closes it.
+async fn serve_connection<I>(state: Arc<State>, io: I, h2: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let counter = if h2 {
+        &state.h2_connections
+    } else {
+        &state.h1_connections
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| handle(svc_state.clone(), req));
+    let io = TokioIo::new(io);
+    let _ = if h2 {
+        http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        http1::Builder::new().serve_connection(io, svc).await
+    };
 }
 
 fn main() {
