@@ -160,6 +160,7 @@ impl ProviderArgs {
                         error_style: None,
                         aws_region: None,
                         aws_service: None,
+                        max_socket_lifetime: None,
                         source,
                     }],
                 };

@@ -149,6 +149,10 @@ pub struct ProviderConfig {
     /// else `openai`).
     #[serde(default)]
     pub error_style: Option<ErrorStyle>,
+    /// Longest a WebSocket through this provider stays open before the proxy closes it with
+    /// 1001 (default: no limit): for gateways that want a re-handshake with a fresh token.
+    #[serde(default, with = "humantime_serde")]
+    pub max_socket_lifetime: Option<Duration>,
     /// Region for `inject = "aws-sigv4"` (default `$AWS_REGION`, then `$AWS_DEFAULT_REGION`).
     #[serde(default)]
     pub aws_region: Option<String>,

@@ -93,7 +93,7 @@ pub(crate) fn has_local_key(h: &HeaderMap, key: &Secret) -> bool {
     ok
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -102,7 +102,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A copy of a request head for a second attempt (`Parts` is not `Clone`: extensions are
 /// not copied, and none are set on upstream requests).
-fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+pub(crate) fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -239,7 +239,7 @@ fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
 /// provider's error shape with a message naming the provider.
 #[cold]
 #[inline(never)]
-fn reject(
+pub(crate) fn reject(
     p: &Provider,
     m: &Counters,
     status: u16,
@@ -257,7 +257,7 @@ fn reject(
 
 #[cold]
 #[inline(never)]
-fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
+pub(crate) fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let status = e.http_status();
@@ -329,7 +329,7 @@ fn sigv4_headers(
 /// Sets what every upstream request carries besides the credential: HTTP/1.1 (hyper picks
 /// HTTP/2 by the connection), the upstream's `Host`, the configured extra headers, and
 /// `Proxy-Authorization` for a plain-HTTP upstream behind a forward proxy.
-fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
+pub(crate) fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     headers.insert(header::HOST, lane.client.host().clone());
@@ -374,7 +374,7 @@ async fn send(
 /// The answer to a request whose upstream sent no response headers within `upstream_timeout`.
 #[cold]
 #[inline(never)]
-fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
+pub(crate) fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     m.record_status(504);
@@ -392,7 +392,7 @@ fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
 /// provider's error shape.
 #[cold]
 #[inline(never)]
-fn upstream_failed(p: &Provider, m: &Counters, e: &SendError) -> Response<ProxyBody> {
+pub(crate) fn upstream_failed(p: &Provider, m: &Counters, e: &SendError) -> Response<ProxyBody> {
     let (status, code, msg) = upstream_error(p, e);
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -440,7 +440,7 @@ async fn retry(
 
 /// The request target upstream, in origin form: the request's path (`strip` bytes of routing
 /// prefix removed, the upstream's base path in front) and query.
-fn upstream_target(p: &Provider, uri: http::Uri, strip: usize) -> Option<http::Uri> {
+pub(crate) fn upstream_target(p: &Provider, uri: http::Uri, strip: usize) -> Option<http::Uri> {
     if strip == 0 && p.base_path.is_empty() && uri.path().starts_with('/') {
         // Nothing to rewrite: the client's path and query, already parsed, go as they are.
         if uri.scheme().is_none() && uri.authority().is_none() {

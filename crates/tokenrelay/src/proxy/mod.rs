@@ -33,6 +33,7 @@ mod headers;
 mod metrics;
 mod server;
 mod upstream;
+mod websocket;
 
 pub use server::BoundProxy;
 
@@ -171,6 +172,8 @@ pub(crate) struct Provider {
     pub metrics: metrics::ProviderMetrics,
     /// `(region, service)` when requests are signed with SigV4 instead of carrying a header.
     pub sigv4: Option<(String, String)>,
+    /// Open WebSockets (see [`websocket`]).
+    pub sockets: Arc<websocket::Sockets>,
 }
 
 impl Provider {
@@ -212,6 +215,8 @@ pub(crate) struct State {
     pub limits: server::Limits,
     /// Counters that belong to no provider (connections, refusals before routing).
     pub listener_metrics: metrics::ListenerMetrics,
+    /// Open WebSockets of every provider, closed at the end of the shutdown grace.
+    pub sockets: Arc<websocket::Shutdown>,
 }
 
 /// A configured proxy, not yet listening.
@@ -313,6 +318,7 @@ impl Proxy {
             upstream::tls_config(cfg.ca_bundle.as_deref())?,
             env.as_ref(),
         );
+        let sockets = Arc::new(websocket::Shutdown::default());
         let mut providers = Vec::new();
         for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
             let at = format!("provider[{i}] ({})", p.name);
@@ -382,6 +388,7 @@ impl Proxy {
                 lanes,
                 metrics: metrics::ProviderMetrics::new(workers),
                 sigv4,
+                sockets: websocket::Sockets::new(p.max_socket_lifetime, sockets.clone()),
             }));
         }
         let listen = match opts.listen.or(cfg.listen) {
@@ -459,6 +466,7 @@ impl Proxy {
             guard,
             limits,
             listener_metrics: metrics::ListenerMetrics::default(),
+            sockets,
         };
         let proxy = Proxy {
             state: Arc::new(state),
@@ -603,15 +611,18 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
         None => admin::respond(state, &req),
         // An allowed page reads these refusals too (CORS headers below).
         Some((provider, _))
-            if state
-                .local_key
-                .as_ref()
-                .is_some_and(|key| !forward::has_local_key(req.headers(), key)) =>
+            if state.local_key.as_ref().is_some_and(|key| {
+                !forward::has_local_key(req.headers(), key)
+                    && !websocket::has_subprotocol_key(&req, key)
+            }) =>
         {
             local_key_refused(provider, ctx.worker)
         }
         Some((_, strip)) if guard::climbs_above_root(&path[strip..]) => {
             refused(state, style, guard::Refusal::Path)
+        }
+        Some((provider, strip)) if websocket::is_handshake(&req) => {
+            websocket::forward(provider, req, strip, ctx.worker).await
         }
         Some((provider, strip)) => forward::forward(state, provider, req, strip, ctx.worker).await,
     };
