@@ -17,6 +17,7 @@ COPILOT_VERSION="1.0.102"     # npm @github/copilot
 COPILOT_SDK_VERSION="1.0.14"  # npm @github/copilot-sdk
 OPENAI_PY_VERSION="3.54.0"    # PyPI openai
 CLAUDE_CODE_VERSION="2.1.197" # npm @anthropic-ai/claude-code
+WEBSOCKETS_VERSION="15.0.1"   # PyPI websockets (the WebSocket upstream fixture, openai[realtime])
 
 E2E_NAME=""
 WORK=""
@@ -139,6 +140,44 @@ ensure_venv() {
         fail "pip install openai==$OPENAI_PY_VERSION failed"
     }
     touch "$stamp"
+}
+
+# ensure_realtime_venv: openai[realtime] and websockets at the pinned versions in their own
+# venv, e2e/.tools/venv-realtime (the WebSocket upstream fixture and the Realtime client).
+ensure_realtime_venv() {
+    local dir="$TOOLS/venv-realtime"
+    local stamp="$dir/.installed-openai-$OPENAI_PY_VERSION-websockets-$WEBSOCKETS_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    note "installing openai[realtime]==$OPENAI_PY_VERSION websockets==$WEBSOCKETS_VERSION into $dir"
+    python3 -m venv "$dir" || fail "python3 -m venv failed"
+    timeout 300 "$dir/bin/pip" install --quiet "openai[realtime]==$OPENAI_PY_VERSION" \
+        "websockets==$WEBSOCKETS_VERSION" >"$TOOLS/venv-realtime-install.log" 2>&1 || {
+        tail -20 "$TOOLS/venv-realtime-install.log" >&2
+        fail "pip install openai[realtime] websockets failed"
+    }
+    touch "$stamp"
+}
+
+# start_ws_upstream LIFETIME_S: the WebSocket upstream fixture (e2e/fixtures/ws_upstream.py);
+# sets WS_UPSTREAM (its http:// URL).
+start_ws_upstream() {
+    "$TOOLS/venv-realtime/bin/python" "$FIX/ws_upstream.py" serve "$1" >"$WORK/ws-upstream.json" \
+        2>"$WORK/ws-upstream.log" &
+    PIDS+=($!)
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s "$WORK/ws-upstream.json" ]] && break
+        sleep 0.1
+    done
+    [[ -s "$WORK/ws-upstream.json" ]] || fail "the WebSocket upstream did not start: $(head -c 500 "$WORK/ws-upstream.log")"
+    WS_UPSTREAM="$(json "$WORK/ws-upstream.json" 'd["url"]')"
+}
+
+# ws_stats EXPR: a value of the WebSocket upstream's /__stats, e.g. 'd["rejected"]'.
+ws_stats() {
+    http get "$WS_UPSTREAM/__stats" | json - "$1"
 }
 
 # start_fakes LIFETIME: the fake IdP and upstream; sets FAKES (file), UPSTREAM, E2E_FAKES and
