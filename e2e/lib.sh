@@ -17,6 +17,8 @@ COPILOT_VERSION="1.0.102"     # npm @github/copilot
 COPILOT_SDK_VERSION="1.0.14"  # npm @github/copilot-sdk
 OPENAI_PY_VERSION="3.54.0"    # PyPI openai
 CLAUDE_CODE_VERSION="2.1.197" # npm @anthropic-ai/claude-code
+MCP_SDK_VERSION="1.32.2"      # npm @modelcontextprotocol/sdk
+ZOD_VERSION="4.6.7"           # npm zod (the MCP SDK's schema library)
 WEBSOCKETS_VERSION="15.0.1"   # PyPI websockets (the WebSocket upstream fixture, openai[realtime])
 
 E2E_NAME=""
@@ -138,6 +140,25 @@ ensure_venv() {
         >"$TOOLS/venv-openai-install.log" 2>&1 || {
         tail -20 "$TOOLS/venv-openai-install.log" >&2
         fail "pip install openai==$OPENAI_PY_VERSION failed"
+    }
+    touch "$stamp"
+}
+
+# ensure_mcp: @modelcontextprotocol/sdk (and zod) at the pinned versions in e2e/.tools/mcp.
+ensure_mcp() {
+    local dir="$TOOLS/mcp"
+    local stamp="$dir/.installed-mcp-sdk-$MCP_SDK_VERSION-zod-$ZOD_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || fail "npm is not installed"
+    mkdir -p "$dir"
+    printf '{ "private": true, "type": "module" }\n' >"$dir/package.json"
+    note "installing @modelcontextprotocol/sdk@$MCP_SDK_VERSION zod@$ZOD_VERSION into $dir"
+    timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+        "@modelcontextprotocol/sdk@$MCP_SDK_VERSION" "zod@$ZOD_VERSION" >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log" >&2
+        fail "npm install @modelcontextprotocol/sdk failed"
     }
     touch "$stamp"
 }

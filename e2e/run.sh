@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python copilot-sdk claude-code github-actions nginx-h2)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python openai-realtime mcp copilot-sdk claude-code github-actions nginx-h2)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi
