@@ -690,6 +690,12 @@ impl Config {
                     "must be more than 0s",
                 ));
             }
+            if p.max_socket_lifetime.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(
+                    format!("{at}.max_socket_lifetime"),
+                    "must be more than 0s",
+                ));
+            }
             for status in &p.retry_on {
                 if !(400..=599).contains(status) {
                     return Err(Error::config(

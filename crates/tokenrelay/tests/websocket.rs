@@ -396,3 +396,18 @@ async fn shutdown_closes_open_sockets_with_1001_at_the_end_of_the_grace() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn open_sockets_are_bounded_by_max_connections() {
+    let issuer = Issuer::new("a", Duration::from_secs(3600));
+    let (up, seen) = ws_upstream(issuer.clone()).await;
+    let toml = format!("max_connections = 1\n{}", provider_toml("a", &up, ""));
+    let addr = proxy(&toml, src(&issuer), opts(None)).await;
+    let (mut s, head) = open(addr, "/v1/realtime", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = open(addr, "/v1/realtime", "").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("application/json"), "{head}");
+    assert_eq!(seen.lock().unwrap().heads.len(), 1);
+    assert_eq!(echo(&mut s, "first still works").await, "first still works");
+}

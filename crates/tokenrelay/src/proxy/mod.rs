@@ -318,7 +318,9 @@ impl Proxy {
             upstream::tls_config(cfg.ca_bundle.as_deref())?,
             env.as_ref(),
         );
-        let sockets = Arc::new(websocket::Shutdown::default());
+        let sockets = Arc::new(websocket::Shutdown::new(
+            cfg.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        ));
         let mut providers = Vec::new();
         for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
             let at = format!("provider[{i}] ({})", p.name);

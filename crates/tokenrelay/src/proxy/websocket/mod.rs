@@ -182,6 +182,16 @@ pub(crate) async fn forward(
             "WebSocket handshakes cannot be SigV4-signed (inject = \"aws-sigv4\")",
         );
     }
+    // Counted from now (so that sockets being opened count too), released if no socket opens.
+    let Some(ticket) = p.sockets.open() else {
+        return forward::reject(
+            p,
+            m,
+            503,
+            "too_many_sockets",
+            "too many open WebSockets (at most max_connections)",
+        );
+    };
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     parts.uri = match forward::upstream_target(p, std::mem::take(&mut parts.uri), strip) {
@@ -260,7 +270,6 @@ pub(crate) async fn forward(
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     head.headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let ticket = p.sockets.open();
     let name = p.name.clone();
     tokio::spawn(async move { relay::relay(client_side, upstream_side, ticket, &name).await });
     Response::from_parts(head, forward::empty_body())

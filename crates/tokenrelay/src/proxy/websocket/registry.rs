@@ -13,25 +13,28 @@ use tokio::time::Instant;
 /// close frames before the worker stops (1 s).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// What every provider's sockets share: how many are open, and the signal to close them.
+/// What every provider's sockets share: how many are open (at most `max`), and the signal to
+/// close them.
 #[derive(Debug)]
 pub(crate) struct Shutdown {
-    /// Open sockets of all providers.
+    /// Open sockets of all providers (a socket leaves the listener's connection count once
+    /// upgraded, so it is bounded here: by `max_connections`).
     live: watch::Sender<usize>,
+    max: usize,
     /// Set once the shutdown grace is over: every relay writes its close frames and ends.
     closing: watch::Sender<bool>,
 }
 
-impl Default for Shutdown {
-    fn default() -> Self {
+impl Shutdown {
+    /// No socket open yet; at most `max` at once.
+    pub(crate) fn new(max: usize) -> Self {
         Shutdown {
             live: watch::Sender::new(0),
+            max,
             closing: watch::Sender::new(false),
         }
     }
-}
 
-impl Shutdown {
     /// Lets open sockets run on until `deadline` (the end of the shutdown grace), then tells
     /// them to close (1001) and waits for them, at most [`CLOSE_LINGER`].
     pub(crate) async fn close_all_at(&self, deadline: Instant) {
@@ -84,15 +87,23 @@ impl Sockets {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a socket that opens now; it counts until the ticket is dropped.
-    pub(crate) fn open(self: &Arc<Self>) -> Ticket {
+    /// Registers a socket that opens now; it counts until the ticket is dropped. `None` when
+    /// the proxy already holds its maximum of open sockets.
+    pub(crate) fn open(self: &Arc<Self>) -> Option<Ticket> {
+        let max = self.shutdown.max;
+        if !self.shutdown.live.send_if_modified(|n| {
+            let room = *n < max;
+            *n += usize::from(room);
+            room
+        }) {
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Instant::now());
-        self.shutdown.live.send_modify(|n| *n += 1);
-        Ticket {
+        Some(Ticket {
             sockets: self.clone(),
             id,
-        }
+        })
     }
 
     /// Open sockets and the age of the oldest.
@@ -136,14 +147,16 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_are_counted_with_their_age_and_closed_at_the_deadline() {
-        let shutdown = Arc::new(Shutdown::default());
+        let shutdown = Arc::new(Shutdown::new(3));
         let a = Sockets::new(None, shutdown.clone());
         let b = Sockets::new(Some(Duration::from_secs(5)), shutdown.clone());
         assert_eq!(a.snapshot(), (0, None));
-        let first = a.open();
+        let first = a.open().unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let second = a.open();
-        let other = b.open();
+        let second = a.open().unwrap();
+        let other = b.open().unwrap();
+        // The maximum holds across providers.
+        assert!(a.open().is_none() && b.open().is_none());
         let (n, oldest) = a.snapshot();
         assert_eq!(n, 2);
         assert!(oldest.unwrap() >= Duration::from_millis(30));
@@ -165,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_without_sockets_returns_at_once() {
-        let shutdown = Shutdown::default();
+        let shutdown = Shutdown::new(1);
         let start = Instant::now();
         tokio::time::timeout(
             Duration::from_secs(5),
