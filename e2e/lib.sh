@@ -17,6 +17,7 @@ COPILOT_VERSION="1.0.102"     # npm @github/copilot
 COPILOT_SDK_VERSION="1.0.14"  # npm @github/copilot-sdk
 OPENAI_PY_VERSION="3.54.0"    # PyPI openai
 CLAUDE_CODE_VERSION="2.1.197" # npm @anthropic-ai/claude-code
+CODEX_VERSION="0.169.0"       # npm @openai/codex
 MCP_SDK_VERSION="1.32.2"      # npm @modelcontextprotocol/sdk
 ZOD_VERSION="4.6.7"           # npm zod (the MCP SDK's schema library)
 WEBSOCKETS_VERSION="15.0.1"   # PyPI websockets (the WebSocket upstream fixture, openai[realtime])
@@ -144,6 +145,26 @@ ensure_venv() {
     touch "$stamp"
 }
 
+# ensure_codex: @openai/codex at the pinned version in e2e/.tools/codex (the npm package ships
+# its native binary).
+ensure_codex() {
+    local dir="$TOOLS/codex"
+    local stamp="$dir/.installed-codex-$CODEX_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || fail "npm is not installed"
+    mkdir -p "$dir"
+    printf '{ "private": true }\n' >"$dir/package.json"
+    note "installing @openai/codex@$CODEX_VERSION into $dir"
+    timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+        "@openai/codex@$CODEX_VERSION" >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log" >&2
+        fail "npm install @openai/codex failed"
+    }
+    touch "$stamp"
+}
+
 # ensure_mcp: @modelcontextprotocol/sdk (and zod) at the pinned versions in e2e/.tools/mcp.
 ensure_mcp() {
     local dir="$TOOLS/mcp"
@@ -184,16 +205,16 @@ ensure_realtime_venv() {
 # start_ws_upstream LIFETIME_S: the WebSocket upstream fixture (e2e/fixtures/ws_upstream.py);
 # sets WS_UPSTREAM (its http:// URL).
 start_ws_upstream() {
-    "$TOOLS/venv-realtime/bin/python" "$FIX/ws_upstream.py" serve "$1" >"$WORK/ws-upstream.json" \
-        2>"$WORK/ws-upstream.log" &
+    local out="$WORK/ws-upstream-${#PIDS[@]}"
+    "$TOOLS/venv-realtime/bin/python" "$FIX/ws_upstream.py" serve "$1" >"$out.json" 2>"$out.log" &
     PIDS+=($!)
     local i
     for ((i = 0; i < 100; i++)); do
-        [[ -s "$WORK/ws-upstream.json" ]] && break
+        [[ -s "$out.json" ]] && break
         sleep 0.1
     done
-    [[ -s "$WORK/ws-upstream.json" ]] || fail "the WebSocket upstream did not start: $(head -c 500 "$WORK/ws-upstream.log")"
-    WS_UPSTREAM="$(json "$WORK/ws-upstream.json" 'd["url"]')"
+    [[ -s "$out.json" ]] || fail "the WebSocket upstream did not start: $(head -c 500 "$out.log")"
+    WS_UPSTREAM="$(json "$out.json" 'd["url"]')"
 }
 
 # ws_stats EXPR: a value of the WebSocket upstream's /__stats, e.g. 'd["rejected"]'.
