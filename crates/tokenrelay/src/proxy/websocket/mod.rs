@@ -110,7 +110,9 @@ fn strip_subprotocol_key(h: &mut HeaderMap) {
     }
 }
 
-/// The injected header value for `token`, marked sensitive.
+/// The injected header value for `token`, marked sensitive (or the error response, built only
+/// on the failure path, as in `forward`).
+#[allow(clippy::result_large_err)]
 fn credential(
     p: &Provider,
     m: &Counters,
