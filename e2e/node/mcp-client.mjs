@@ -2,7 +2,7 @@
 // `tokenrelay run`: it finds the MCP server at $TOKENRELAY_URL_TOOLS and sends the local key
 // ($TOKENRELAY_LOCAL_KEY) as its static bearer header, as Copilot CLI, Claude Code and Codex
 // do. Two sessions (SSE answers at /mcp, JSON answers at /mcp-json), each CALLS tool calls
-// SPACING ms apart; before call REVOKE_AT of the first session the server revokes every token.
+// SPACING ms apart; at call REVOKE_AT of the first session the server revokes every token.
 // Counts the logging notifications that arrive on each session's GET stream, then ends each
 // session with DELETE. Prints one JSON line.
 //
@@ -35,7 +35,7 @@ async function session(path, revoke) {
     const answers = [];
     for (let i = 0; i < calls; i++) {
         if (revoke && i === revokeAt) {
-            await fetch(`${process.env.E2E_MCP_UPSTREAM}/__revoke`);
+            await fetch(`${process.env.E2E_MCP_UPSTREAM}/__revoke-next`);
         }
         const r = await client.callTool({ name: "echo", arguments: { text: `${path} call ${i}` } });
         const text = r.content?.[0]?.text;

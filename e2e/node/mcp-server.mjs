@@ -1,6 +1,7 @@
 // A remote MCP server on the official SDK (@modelcontextprotocol/sdk, pinned in e2e/lib.sh),
 // streamable HTTP, that demands a bearer token which rotates every LIFETIME seconds: it issues
-// tokens itself (GET /__token), can revoke them (GET /__revoke), and answers 401 to any MCP
+// tokens itself (GET /__token), can revoke them (GET /__revoke, or GET /__revoke-next: when the
+// next MCP request arrives), and answers 401 to any MCP
 // request (POST, GET, DELETE) without a valid one, as an OAuth-protected MCP server does.
 // /mcp answers POSTs with SSE, /mcp-json with JSON (`enableJsonResponse`). Every session gets
 // a logging notification every 300 ms on its GET stream, so a client can tell that the stream
@@ -17,6 +18,7 @@ const LIFETIME = Number(process.argv[2] || 3);
 const tokens = new Map(); // token -> expiry (ms)
 const revoked = new Set();
 let issued = 0;
+let revokeNext = false;
 const stats = { post: 0, get: 0, delete: 0, rejected: 0, rejected_methods: [], tool_calls: 0, ticks_sent: 0, sessions: 0, sessions_closed: 0, get_stream_ms: [] };
 const transports = new Map();
 
@@ -72,8 +74,17 @@ const server = http.createServer(async (req, res) => {
             for (const t of tokens.keys()) revoked.add(t);
             return json(res, 200, { revoked: revoked.size });
         }
+        if (url.pathname === "/__revoke-next") {
+            revokeNext = true;
+            return json(res, 200, { armed: true });
+        }
         if (url.pathname === "/__stats") return json(res, 200, stats);
         if (url.pathname !== "/mcp" && url.pathname !== "/mcp-json") return json(res, 404, { error: "not found" });
+        if (revokeNext) {
+            // As if the identity provider revoked every token just before this request.
+            revokeNext = false;
+            for (const t of tokens.keys()) revoked.add(t);
+        }
         if (!valid(req)) {
             stats.rejected++;
             stats.rejected_methods.push(req.method);
