@@ -17,6 +17,10 @@ COPILOT_VERSION="1.0.102"     # npm @github/copilot
 COPILOT_SDK_VERSION="1.0.14"  # npm @github/copilot-sdk
 OPENAI_PY_VERSION="3.54.0"    # PyPI openai
 CLAUDE_CODE_VERSION="2.1.197" # npm @anthropic-ai/claude-code
+CODEX_VERSION="0.169.0"       # npm @openai/codex
+MCP_SDK_VERSION="1.32.2"      # npm @modelcontextprotocol/sdk
+ZOD_VERSION="4.6.7"           # npm zod (the MCP SDK's schema library)
+WEBSOCKETS_VERSION="15.0.1"   # PyPI websockets (the WebSocket upstream fixture, openai[realtime])
 
 E2E_NAME=""
 WORK=""
@@ -139,6 +143,83 @@ ensure_venv() {
         fail "pip install openai==$OPENAI_PY_VERSION failed"
     }
     touch "$stamp"
+}
+
+# ensure_codex: @openai/codex at the pinned version in e2e/.tools/codex (the npm package ships
+# its native binary).
+ensure_codex() {
+    local dir="$TOOLS/codex"
+    local stamp="$dir/.installed-codex-$CODEX_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || fail "npm is not installed"
+    mkdir -p "$dir"
+    printf '{ "private": true }\n' >"$dir/package.json"
+    note "installing @openai/codex@$CODEX_VERSION into $dir"
+    timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+        "@openai/codex@$CODEX_VERSION" >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log" >&2
+        fail "npm install @openai/codex failed"
+    }
+    touch "$stamp"
+}
+
+# ensure_mcp: @modelcontextprotocol/sdk (and zod) at the pinned versions in e2e/.tools/mcp.
+ensure_mcp() {
+    local dir="$TOOLS/mcp"
+    local stamp="$dir/.installed-mcp-sdk-$MCP_SDK_VERSION-zod-$ZOD_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v npm >/dev/null || fail "npm is not installed"
+    mkdir -p "$dir"
+    printf '{ "private": true, "type": "module" }\n' >"$dir/package.json"
+    note "installing @modelcontextprotocol/sdk@$MCP_SDK_VERSION zod@$ZOD_VERSION into $dir"
+    timeout 300 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+        "@modelcontextprotocol/sdk@$MCP_SDK_VERSION" "zod@$ZOD_VERSION" >"$dir/install.log" 2>&1 || {
+        tail -20 "$dir/install.log" >&2
+        fail "npm install @modelcontextprotocol/sdk failed"
+    }
+    touch "$stamp"
+}
+
+# ensure_realtime_venv: openai[realtime] and websockets at the pinned versions in their own
+# venv, e2e/.tools/venv-realtime (the WebSocket upstream fixture and the Realtime client).
+ensure_realtime_venv() {
+    local dir="$TOOLS/venv-realtime"
+    local stamp="$dir/.installed-openai-$OPENAI_PY_VERSION-websockets-$WEBSOCKETS_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    note "installing openai[realtime]==$OPENAI_PY_VERSION websockets==$WEBSOCKETS_VERSION into $dir"
+    python3 -m venv "$dir" || fail "python3 -m venv failed"
+    timeout 300 "$dir/bin/pip" install --quiet "openai[realtime]==$OPENAI_PY_VERSION" \
+        "websockets==$WEBSOCKETS_VERSION" >"$TOOLS/venv-realtime-install.log" 2>&1 || {
+        tail -20 "$TOOLS/venv-realtime-install.log" >&2
+        fail "pip install openai[realtime] websockets failed"
+    }
+    touch "$stamp"
+}
+
+# start_ws_upstream LIFETIME_S: the WebSocket upstream fixture (e2e/fixtures/ws_upstream.py);
+# sets WS_UPSTREAM (its http:// URL).
+start_ws_upstream() {
+    local out="$WORK/ws-upstream-${#PIDS[@]}"
+    "$TOOLS/venv-realtime/bin/python" "$FIX/ws_upstream.py" serve "$1" >"$out.json" 2>"$out.log" &
+    PIDS+=($!)
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -s "$out.json" ]] && break
+        sleep 0.1
+    done
+    [[ -s "$out.json" ]] || fail "the WebSocket upstream did not start: $(head -c 500 "$out.log")"
+    WS_UPSTREAM="$(json "$out.json" 'd["url"]')"
+}
+
+# ws_stats EXPR: a value of the WebSocket upstream's /__stats, e.g. 'd["rejected"]'.
+ws_stats() {
+    http get "$WS_UPSTREAM/__stats" | json - "$1"
 }
 
 # start_fakes LIFETIME: the fake IdP and upstream; sets FAKES (file), UPSTREAM, E2E_FAKES and

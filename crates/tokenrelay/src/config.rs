@@ -148,6 +148,10 @@ pub struct ProviderConfig {
     /// else `openai`).
     #[serde(default)]
     pub error_style: Option<ErrorStyle>,
+    /// Longest a WebSocket through this provider stays open before the proxy closes it with
+    /// 1001 (default: no limit): for gateways that want a re-handshake with a fresh token.
+    #[serde(default, with = "humantime_serde")]
+    pub max_socket_lifetime: Option<Duration>,
     /// Region for `inject = "aws-sigv4"` (default `$AWS_REGION`, then `$AWS_DEFAULT_REGION`).
     #[serde(default)]
     pub aws_region: Option<String>,
@@ -179,6 +183,7 @@ impl ProviderConfig {
             upstream_timeout: None,
             min_refresh_interval: None,
             error_style: None,
+            max_socket_lifetime: None,
             aws_region: None,
             aws_service: None,
             source,
@@ -283,6 +288,12 @@ impl Config {
             if p.upstream_timeout.is_some_and(|d| d.is_zero()) {
                 return Err(Error::config(
                     format!("{at}.upstream_timeout"),
+                    "must be more than 0s",
+                ));
+            }
+            if p.max_socket_lifetime.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(
+                    format!("{at}.max_socket_lifetime"),
                     "must be more than 0s",
                 ));
             }

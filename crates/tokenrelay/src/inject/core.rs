@@ -218,6 +218,11 @@ impl Injector {
         }
     }
 
+    /// Whether requests are SigV4-signed instead of carrying a header.
+    pub(crate) fn signs(&self) -> bool {
+        self.sigv4.is_some()
+    }
+
     /// Whether `status` means the credential was rejected.
     pub(crate) fn rejects(&self, status: StatusCode) -> bool {
         self.retry_on.contains(&status)

@@ -78,11 +78,9 @@ pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody>
                     ready: s.valid,
                 })
                 .collect();
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics::render(&state.listener_metrics, &samples),
-            )
+            let mut text = metrics::render(&state.listener_metrics, &samples);
+            super::websocket::render_metrics(&mut text, &state.providers);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         _ => {
             if let Some(key) = &state.local_key {
@@ -95,6 +93,7 @@ pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody>
                 .iter()
                 .map(|p| {
                     let s = p.entry.status();
+                    let (open_sockets, oldest_socket_age_s) = super::websocket::status(p);
                     json!({
                         "name": &*p.name,
                         "upstream": p.upstream.as_str(),
@@ -113,6 +112,8 @@ pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody>
                         "last_error": s.last_error.map(|(at, msg)| json!({"at": crate::rfc3339(at), "message": msg})),
                         "requests": p.metrics.total(|c| &c.requests),
                         "retries": p.metrics.total(|c| &c.retries),
+                        "open_sockets": open_sockets,
+                        "oldest_socket_age_s": oldest_socket_age_s,
                     })
                 })
                 .collect();

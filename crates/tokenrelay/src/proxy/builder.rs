@@ -169,6 +169,7 @@ pub struct ProviderSpec {
     pub(crate) sigv4: Option<(String, String)>,
     pub(crate) path_prefix: Option<String>,
     pub(crate) listen: Option<SocketAddr>,
+    pub(crate) max_socket_lifetime: Option<Duration>,
 }
 
 impl ProviderSpec {
@@ -196,6 +197,7 @@ impl ProviderSpec {
             sigv4: None,
             path_prefix: None,
             listen: None,
+            max_socket_lifetime: None,
         })
     }
 
@@ -280,6 +282,14 @@ impl ProviderSpec {
         Ok(self)
     }
 
+    /// Closes WebSockets through this provider (with 1001) after `d`, for gateways that want a
+    /// re-handshake with a fresh token (default: no limit).
+    #[must_use]
+    pub fn max_socket_lifetime(mut self, d: Duration) -> Self {
+        self.max_socket_lifetime = Some(d);
+        self
+    }
+
     /// Gives this provider a listener of its own.
     #[must_use]
     pub fn listen(mut self, addr: SocketAddr) -> Self {
@@ -346,6 +356,7 @@ impl ProviderSpec {
             spec.path_prefix = Some(prefix.clone());
         }
         spec.listen = p.listen;
+        spec.max_socket_lifetime = p.max_socket_lifetime;
         Ok(spec)
     }
 

@@ -92,7 +92,7 @@ pub(crate) fn has_local_key(h: &HeaderMap, key: &Secret) -> bool {
     ok
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -142,7 +142,7 @@ fn upstream_error(p: &Provider, e: &SendError) -> (u16, &'static str, String) {
 /// provider's error shape with a message naming the provider.
 #[cold]
 #[inline(never)]
-fn reject(
+pub(crate) fn reject(
     p: &Provider,
     m: &Counters,
     status: u16,
@@ -160,7 +160,7 @@ fn reject(
 
 #[cold]
 #[inline(never)]
-fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
+pub(crate) fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let status = e.http_status().as_u16();
@@ -177,7 +177,7 @@ fn token_error(p: &Provider, m: &Counters, e: &Error) -> Response<ProxyBody> {
 /// Sets what every upstream request carries besides what the injector sets: HTTP/1.1
 /// (hyper picks HTTP/2 by the connection), the upstream's `Host`, and `Proxy-Authorization`
 /// for a plain-HTTP upstream behind a forward proxy.
-fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
+pub(crate) fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     headers.insert(header::HOST, lane.client.host().clone());
@@ -187,7 +187,7 @@ fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
 }
 
 /// Why one upstream attempt got no response.
-enum AttemptError {
+pub(crate) enum AttemptError {
     Send(SendError),
     TimedOut,
 }
@@ -215,7 +215,11 @@ impl Transport<Incoming> for Attempt<'_> {
 /// The answer to a request the injector could not send.
 #[cold]
 #[inline(never)]
-fn not_sent(p: &Provider, m: &Counters, e: InjectError<AttemptError>) -> Response<ProxyBody> {
+pub(crate) fn not_sent(
+    p: &Provider,
+    m: &Counters,
+    e: InjectError<AttemptError>,
+) -> Response<ProxyBody> {
     match e {
         InjectError::Token(e) => token_error(p, m, &e),
         InjectError::Body(e) => reject(
@@ -240,7 +244,7 @@ fn not_sent(p: &Provider, m: &Counters, e: InjectError<AttemptError>) -> Respons
 /// The answer to a request whose upstream sent no response headers within `upstream_timeout`.
 #[cold]
 #[inline(never)]
-fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
+pub(crate) fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     m.record_status(504);
@@ -258,7 +262,7 @@ fn upstream_timed_out(p: &Provider, m: &Counters) -> Response<ProxyBody> {
 /// provider's error shape.
 #[cold]
 #[inline(never)]
-fn upstream_failed(p: &Provider, m: &Counters, e: &SendError) -> Response<ProxyBody> {
+pub(crate) fn upstream_failed(p: &Provider, m: &Counters, e: &SendError) -> Response<ProxyBody> {
     let (status, code, msg) = upstream_error(p, e);
     m.proxy_errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -269,7 +273,7 @@ fn upstream_failed(p: &Provider, m: &Counters, e: &SendError) -> Response<ProxyB
 
 /// The request target upstream, in origin form: the request's path (`strip` bytes of routing
 /// prefix removed, the upstream's base path in front) and query.
-fn upstream_target(p: &Provider, uri: http::Uri, strip: usize) -> Option<http::Uri> {
+pub(crate) fn upstream_target(p: &Provider, uri: http::Uri, strip: usize) -> Option<http::Uri> {
     if strip == 0 && p.upstream.base_path().is_empty() && uri.path().starts_with('/') {
         // Nothing to rewrite: the client's path and query, already parsed, go as they are.
         if uri.scheme().is_none() && uri.authority().is_none() {

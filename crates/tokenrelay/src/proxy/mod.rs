@@ -34,6 +34,7 @@ mod headers;
 mod metrics;
 mod server;
 mod upstream;
+mod websocket;
 
 pub use builder::{ProviderSpec, ProxyBuilder, Upstream};
 pub use server::BoundProxy;
@@ -175,6 +176,8 @@ pub(crate) struct Provider {
     /// What each worker thread uses of this provider on every request (see [`Lane`]).
     pub lanes: Box<[Lane]>,
     pub metrics: metrics::ProviderMetrics,
+    /// Open WebSockets (see [`websocket`]).
+    pub sockets: Arc<websocket::Sockets>,
 }
 
 impl Provider {
@@ -216,6 +219,8 @@ pub(crate) struct State {
     pub limits: server::Limits,
     /// Counters that belong to no provider (connections, refusals before routing).
     pub listener_metrics: metrics::ListenerMetrics,
+    /// Open WebSockets of every provider, closed at the end of the shutdown grace.
+    pub sockets: Arc<websocket::Shutdown>,
 }
 
 /// A configured proxy, not yet listening.
@@ -292,6 +297,12 @@ impl Proxy {
                     ));
                 }
             }
+            if p.max_socket_lifetime.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(
+                    format!("provider {}.max_socket_lifetime", p.name),
+                    "must be more than 0s",
+                ));
+            }
             if p.upstream_timeout.is_zero() {
                 return Err(Error::config(
                     format!("provider {}.upstream_timeout", p.name),
@@ -316,6 +327,9 @@ impl Proxy {
             upstream::tls_config(b.ca_bundle.as_deref())?,
             env.as_ref(),
         );
+        let sockets = Arc::new(websocket::Shutdown::new(
+            b.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        ));
         let mut providers = Vec::new();
         let mut own_listeners = Vec::new();
         for (i, p) in b.providers.into_iter().enumerate() {
@@ -352,6 +366,7 @@ impl Proxy {
                 lanes,
                 metrics: metrics::ProviderMetrics::new(workers),
                 upstream: p.upstream,
+                sockets: websocket::Sockets::new(p.max_socket_lifetime, sockets.clone()),
             }));
         }
         let listen = match b.listen {
@@ -388,6 +403,7 @@ impl Proxy {
             guard,
             limits,
             listener_metrics: metrics::ListenerMetrics::default(),
+            sockets,
         };
         let proxy = Proxy {
             state: Arc::new(state),
@@ -532,15 +548,18 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
         None => admin::respond(state, &req),
         // An allowed page reads these refusals too (CORS headers below).
         Some((provider, _))
-            if state
-                .local_key
-                .as_ref()
-                .is_some_and(|key| !forward::has_local_key(req.headers(), key)) =>
+            if state.local_key.as_ref().is_some_and(|key| {
+                !forward::has_local_key(req.headers(), key)
+                    && !websocket::has_subprotocol_key(&req, key)
+            }) =>
         {
             local_key_refused(provider, ctx.worker)
         }
         Some((_, strip)) if guard::climbs_above_root(&path[strip..]) => {
             refused(state, style, guard::Refusal::Path)
+        }
+        Some((provider, strip)) if websocket::is_handshake(&req) => {
+            websocket::forward(provider, req, strip, ctx.worker).await
         }
         Some((provider, strip)) => forward::forward(provider, req, strip, ctx.worker).await,
     };

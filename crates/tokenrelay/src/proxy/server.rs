@@ -323,7 +323,10 @@ async fn accept_loop(
                         async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
                     })
                 };
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                // With upgrades: a WebSocket handshake hands the connection to its relay.
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = Drained::new(conn, drain.clone(), Slot {
                     open: open.clone(),
                     state: ctx.state.clone(),
@@ -340,12 +343,17 @@ async fn accept_loop(
     }
     drop(listener);
     sweeper.abort();
-    if tokio::time::timeout(grace, drain.drain()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, drain.drain())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_s = grace.as_secs(),
             "in-flight requests still running after the grace period; closing them"
         );
     }
+    ctx.state.sockets.close_all_at(deadline).await;
 }
 
 /// Every `tick`, marks the connections of `drain` that went without a new request for their

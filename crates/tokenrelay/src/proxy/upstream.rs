@@ -61,6 +61,9 @@ pub(crate) struct ClientSettings {
 /// Idle HTTP/1 connections kept per client at most.
 const MAX_IDLE: usize = 256;
 
+/// A connection made by [`UpstreamClient::connect_http1`].
+pub(crate) type UpgradeIo = hyper_rustls::MaybeHttpsStream<Conn>;
+
 /// An HTTP/1.1 connection: the sender half and the connection future that does its I/O.
 type H1Conn = http1::Connection<hyper_rustls::MaybeHttpsStream<Conn>, UpstreamBody>;
 
@@ -85,6 +88,8 @@ pub(crate) struct UpstreamClient {
 #[repr(align(128))]
 struct Pool {
     connector: hyper_rustls::HttpsConnector<ProxyConnector>,
+    /// See [`Egress`]: HTTP/1.1 only, for [`UpstreamClient::connect_http1`].
+    http1_connector: hyper_rustls::HttpsConnector<ProxyConnector>,
     /// The upstream's scheme and authority: this pool's own copies (see [`UpstreamClient::new`]).
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
@@ -307,6 +312,9 @@ impl H1 {
 #[derive(Clone)]
 pub(crate) struct Egress {
     connector: hyper_rustls::HttpsConnector<ProxyConnector>,
+    /// The same, offering only HTTP/1.1 by ALPN: for WebSocket handshakes (RFC 6455 needs
+    /// HTTP/1.1's `Upgrade`), which an upstream that prefers HTTP/2 would otherwise not get.
+    http1_connector: hyper_rustls::HttpsConnector<ProxyConnector>,
     matcher: Arc<Matcher>,
 }
 
@@ -322,13 +330,22 @@ impl Egress {
             http,
             matcher: matcher.clone(),
         };
+        let http1_connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector.clone());
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
-        Egress { connector, matcher }
+        Egress {
+            connector,
+            http1_connector,
+            matcher,
+        }
     }
 
     /// The `Proxy-Authorization` value to add to requests for the upstream at `scheme` and
@@ -375,6 +392,7 @@ impl UpstreamClient {
         UpstreamClient {
             inner: Arc::new(Pool {
                 connector: egress.connector.clone(),
+                http1_connector: egress.http1_connector.clone(),
                 scheme: scheme.clone(),
                 authority,
                 host,
@@ -392,8 +410,38 @@ impl UpstreamClient {
         &self.inner.host
     }
 
+    /// A new HTTP/1.1-only connection to the upstream, outside the pool (a WebSocket
+    /// handshake takes its connection for good), and whether it goes to a forward proxy (the
+    /// request then needs [`absolute`](Self::absolute) form). Bounded by the connect timeout.
+    pub(crate) async fn connect_http1(&self) -> Result<(UpgradeIo, bool), SendError> {
+        let io = self.connect_with(&self.inner.http1_connector).await?;
+        let proxied = io.connected().is_proxied();
+        Ok((io, proxied))
+    }
+
+    /// A new connection made by `connector`, within the connect timeout.
+    async fn connect_with(
+        &self,
+        connector: &hyper_rustls::HttpsConnector<ProxyConnector>,
+    ) -> Result<UpgradeIo, SendError> {
+        let pool = &self.inner;
+        tokio::time::timeout(
+            pool.connect_timeout,
+            // The connector needs only the scheme and authority: `scheme://authority/`.
+            tower_service::Service::call(&mut connector.clone(), self.absolute(&Uri::default())),
+        )
+        .await
+        .map_err(|_| {
+            SendError::Connect(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", pool.connect_timeout),
+            )))
+        })?
+        .map_err(SendError::Connect)
+    }
+
     /// `target` (origin-form) as an absolute URI on this client's upstream.
-    fn absolute(&self, target: &Uri) -> Uri {
+    pub(crate) fn absolute(&self, target: &Uri) -> Uri {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.inner.scheme.clone());
         parts.authority = Some(self.inner.authority.clone());
@@ -471,22 +519,7 @@ impl UpstreamClient {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let pool = &self.inner;
-        let io = tokio::time::timeout(
-            pool.connect_timeout,
-            // The connector needs only the scheme and authority: `scheme://authority/`.
-            tower_service::Service::call(
-                &mut pool.connector.clone(),
-                self.absolute(&Uri::default()),
-            ),
-        )
-        .await
-        .map_err(|_| {
-            SendError::Connect(Box::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {:?}", pool.connect_timeout),
-            )))
-        })?
-        .map_err(SendError::Connect)?;
+        let io = self.connect_with(&pool.connector).await?;
         let connected = io.connected();
         if connected.is_negotiated_h2() || pool.h2c {
             let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
