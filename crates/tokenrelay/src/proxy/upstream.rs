@@ -23,13 +23,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
@@ -110,58 +108,7 @@ struct H1 {
     conn: Option<H1Conn>,
     /// Connected to a forward proxy: requests go in absolute form.
     proxied: bool,
-    /// What the connection is polled with: `relay`, as a waker.
-    relay: Arc<Relay>,
-    waker: Waker,
 }
-
-/// The waker an HTTP/1.1 connection is polled with. It passes wake-ups on to the task that
-/// drives the connection, except while that task is itself about to poll the connection again
-/// (inside [`drive`], and while [`H1::attempt`] hands the connection a request): those are
-/// only noted in `pending`, and `drive` polls the connection once more instead.
-///
-/// Most of a connection's wake-ups come from the very request that drives it: hyper's
-/// request channel when a request is handed over, and the response body's "give me more"
-/// signal each time the body is polled. Passed on, each would make the runtime poll the whole
-/// task again (the client connection, the proxy's service and hyper's server connection
-/// around it) for nothing, since `drive` polls the connection right after anyway.
-struct Relay {
-    /// The task driving the connection (registered on every `drive`; taken by a wake-up
-    /// passed on, and dropped when the connection goes idle into the pool).
-    task: AtomicWaker,
-    quiet: AtomicBool,
-    pending: AtomicBool,
-}
-
-impl Relay {
-    fn new() -> Arc<Self> {
-        Arc::new(Relay {
-            task: AtomicWaker::new(),
-            quiet: AtomicBool::new(false),
-            pending: AtomicBool::new(false),
-        })
-    }
-}
-
-impl std::task::Wake for Relay {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // `pending` first: `drive` sets `quiet` back before it reads `pending`, so a wake-up
-        // racing with that is seen by one or the other (both SeqCst).
-        self.pending.store(true, Ordering::SeqCst);
-        if !self.quiet.load(Ordering::SeqCst) {
-            self.task.wake();
-        }
-    }
-}
-
-/// Polls of the connection one [`drive`] call makes at most before it leaves the next one to
-/// a wake-up of its task, so that a connection that keeps signalling itself cannot hold the
-/// thread.
-const MAX_DRIVE_ROUNDS: usize = 8;
 
 struct Idle {
     /// Boxed, as everywhere: a connection is large and moves with every request.
@@ -204,59 +151,35 @@ impl Attempt {
     }
 }
 
-/// Drives the connection `slot` inline until `progress` is ready, or until the connection
-/// waits on the network (then `Pending`, with the task registered for it through `relay`);
-/// an ended connection is dropped from `slot`.
+/// Drives the connection `slot` inline until `progress` is ready, or until both wait (then
+/// `Pending`); an ended connection is dropped from `slot`.
 ///
-/// `progress` is polled under a no-op waker: the connection hands it what it read through
-/// hyper's channels while being polled right here, so a wake-up from there would only
-/// re-schedule this very task for nothing. The connection is polled with `waker` (its
-/// [`Relay`]), so the network (and a streamed request body) wakes the task, while the
-/// signals `progress` sends the connection (it wants more of the body) only make this loop
-/// poll the connection again: one task poll fewer per proxied request (bench/instructions;
-/// docs/benchmarks.md).
+/// Both are polled with the task's own waker: whatever wakes one of them (the network, a
+/// streamed request body, hyper's channels between the connection and the response) wakes
+/// the task, which polls both again, so no wake-up depends on how hyper's channels signal
+/// each other. (An earlier version relayed the connection's wake-ups through a waker of its
+/// own to save one task poll per request; docs/design.md, "The proxy's own machinery", says
+/// why it went.)
 fn drive<C: Future + Unpin, T>(
-    (slot, relay, waker): (&mut Option<C>, &Relay, &Waker),
+    slot: &mut Option<C>,
     cx: &mut Context<'_>,
     mut progress: impl FnMut(&mut Context<'_>) -> Poll<T>,
 ) -> Poll<T> {
-    let mut quiet = Context::from_waker(Waker::noop());
-    relay.task.register(cx.waker());
-    relay.quiet.store(true, Ordering::SeqCst);
-    let mut rounds = 0;
-    let out = loop {
-        if let Poll::Ready(v) = progress(&mut quiet) {
-            break Poll::Ready(v);
+    loop {
+        if let Poll::Ready(v) = progress(cx) {
+            return Poll::Ready(v);
         }
         let Some(conn) = slot.as_mut() else {
-            // The connection has ended and been dropped: `progress` has its answer (an
-            // end or an error) now; polled with the real waker, to be safe.
-            break progress(cx);
+            // The connection has ended and been dropped: `progress` had its answer above.
+            return Poll::Pending;
         };
-        relay.pending.store(false, Ordering::SeqCst);
-        if Pin::new(conn)
-            .poll(&mut Context::from_waker(waker))
-            .is_ready()
-        {
+        if Pin::new(conn).poll(cx).is_ready() {
             *slot = None;
             continue;
         }
-        if let Poll::Ready(v) = progress(&mut quiet) {
-            break Poll::Ready(v);
-        }
-        rounds += 1;
-        if relay.pending.load(Ordering::SeqCst) && rounds < MAX_DRIVE_ROUNDS {
-            continue; // signalled meanwhile: poll it again now
-        }
-        relay.quiet.store(false, Ordering::SeqCst);
-        if relay.pending.swap(false, Ordering::SeqCst) {
-            // Signalled after all (or too often): leave it to a wake-up of the task.
-            cx.waker().wake_by_ref();
-        }
-        return Poll::Pending;
-    };
-    relay.quiet.store(false, Ordering::SeqCst);
-    out
+        // The connection may have handed `progress` what it read.
+        return progress(cx);
+    }
 }
 
 impl H1 {
@@ -284,25 +207,17 @@ impl H1 {
 
     /// Sends `req` and drives the connection until the response head is in.
     async fn attempt(&mut self, req: Request<UpstreamBody>) -> Attempt {
-        // Handing the request over wakes the connection: `drive` polls it right below.
-        self.relay.quiet.store(true, Ordering::SeqCst);
         let mut sent = std::pin::pin!(self.tx.try_send_request(req));
-        let (conn, relay, waker) = (&mut self.conn, &*self.relay, &self.waker);
-        Attempt::of(
-            std::future::poll_fn(|cx| drive((conn, relay, waker), cx, |cx| sent.as_mut().poll(cx)))
-                .await,
-        )
+        let conn = &mut self.conn;
+        Attempt::of(std::future::poll_fn(|cx| drive(conn, cx, |cx| sent.as_mut().poll(cx))).await)
     }
 
     /// A connection just made.
     fn new(tx: http1::SendRequest<UpstreamBody>, conn: H1Conn, proxied: bool) -> Box<Self> {
-        let relay = Relay::new();
         Box::new(H1 {
             tx,
             conn: Some(conn),
             proxied,
-            waker: Waker::from(relay.clone()),
-            relay,
         })
     }
 }
@@ -582,8 +497,9 @@ impl UpstreamClient {
         if !h1.usable() {
             return;
         }
-        // Idle, it wakes no one: a close by the upstream is seen at the next checkout.
-        drop(h1.relay.task.take());
+        // Idle, it is polled by no one: a close by the upstream is seen at the next checkout
+        // (the waker it last registered belongs to a task that has moved on; a wake-up of it
+        // costs that task one spurious poll at most).
         let now = Instant::now();
         let mut idle = lock(&self.inner.idle);
         // Oldest first: connections idle too long are closed here rather than kept until a
@@ -671,9 +587,7 @@ impl http_body::Body for PooledBody {
         let this = self.get_mut();
         let inner = &mut this.inner;
         let polled = match this.h1.as_mut() {
-            Some((_, h1)) => drive((&mut h1.conn, &h1.relay, &h1.waker), cx, |cx| {
-                Pin::new(&mut *inner).poll_frame(cx)
-            }),
+            Some((_, h1)) => drive(&mut h1.conn, cx, |cx| Pin::new(&mut *inner).poll_frame(cx)),
             None => Pin::new(inner).poll_frame(cx),
         };
         match &polled {
@@ -887,139 +801,6 @@ impl Write for Conn {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    /// A task waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Counted(AtomicUsize);
-
-    impl std::task::Wake for Counted {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// A stand-in for a connection: on each poll it wakes the waker it is polled with
-    /// `signals` times (as hyper's channels do when the response body asks for more), and
-    /// tells `polls` it was polled. It never ends.
-    struct Conn {
-        signals: usize,
-        polls: Arc<AtomicUsize>,
-    }
-
-    impl Future for Conn {
-        type Output = ();
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            self.polls.fetch_add(1, Ordering::SeqCst);
-            for _ in 0..self.signals {
-                cx.waker().wake_by_ref();
-            }
-            Poll::Pending
-        }
-    }
-
-    /// A connection stand-in with its relay, and a task that counts its wake-ups.
-    struct Rig {
-        slot: Option<Conn>,
-        relay: Arc<Relay>,
-        waker: Waker,
-        polls: Arc<AtomicUsize>,
-        task: Arc<Counted>,
-        task_waker: Waker,
-    }
-
-    impl Rig {
-        fn new(signals: usize) -> Self {
-            let polls = Arc::new(AtomicUsize::new(0));
-            let relay = Relay::new();
-            let task = Arc::new(Counted::default());
-            Rig {
-                slot: Some(Conn {
-                    signals,
-                    polls: polls.clone(),
-                }),
-                waker: Waker::from(relay.clone()),
-                relay,
-                polls,
-                task_waker: Waker::from(task.clone()),
-                task,
-            }
-        }
-
-        fn drive<T>(&mut self, progress: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-            let mut cx = Context::from_waker(&self.task_waker);
-            drive(
-                (&mut self.slot, &self.relay, &self.waker),
-                &mut cx,
-                progress,
-            )
-        }
-
-        fn polls(&self) -> usize {
-            self.polls.load(Ordering::SeqCst)
-        }
-
-        fn task_wakes(&self) -> usize {
-            self.task.0.load(Ordering::SeqCst)
-        }
-    }
-
-    #[test]
-    fn a_signal_during_drive_polls_the_connection_again_instead_of_waking_the_task() {
-        let mut rig = Rig::new(0);
-        let (polls, waker) = (rig.polls.clone(), rig.waker.clone());
-        // `progress` asks the connection for more (a wake-up through the relay) on its
-        // first poll after the connection's first poll, then is ready after the second.
-        let mut seen = 0;
-        let out = rig.drive(|_| {
-            seen += 1;
-            match (polls.load(Ordering::SeqCst), seen) {
-                (1, 2) => {
-                    waker.wake_by_ref();
-                    Poll::Pending
-                }
-                (2, _) => Poll::Ready("done"),
-                _ => Poll::Pending,
-            }
-        });
-        assert_eq!(out, Poll::Ready("done"));
-        assert_eq!(rig.polls(), 2, "polled again, inline");
-        assert_eq!(rig.task_wakes(), 0, "the task was not woken");
-    }
-
-    #[test]
-    fn a_quiet_connection_leaves_the_task_to_the_network_and_wakes_it_from_there() {
-        let mut rig = Rig::new(0);
-        assert!(rig.drive(|_| Poll::<()>::Pending).is_pending());
-        assert_eq!(rig.polls(), 1);
-        assert_eq!(rig.task_wakes(), 0);
-        // The socket becomes readable: the relay passes the wake-up on, once.
-        rig.waker.wake_by_ref();
-        assert_eq!(rig.task_wakes(), 1);
-        rig.waker.wake_by_ref();
-        assert_eq!(
-            rig.task_wakes(),
-            1,
-            "taken until the next drive registers the task again"
-        );
-    }
-
-    #[test]
-    fn a_connection_that_keeps_signalling_itself_is_left_to_a_task_wake_up() {
-        let mut rig = Rig::new(1);
-        assert!(rig.drive(|_| Poll::<()>::Pending).is_pending());
-        assert_eq!(rig.polls(), MAX_DRIVE_ROUNDS);
-        assert_eq!(rig.task_wakes(), 1, "the task is woken to come back later");
-    }
-
-    #[test]
-    fn an_idle_connection_in_the_pool_wakes_no_task() {
-        let mut rig = Rig::new(0);
-        let _ = rig.drive(|_| Poll::<()>::Pending);
-        drop(rig.relay.task.take()); // what put_back does
-        rig.waker.wake_by_ref();
-        assert_eq!(rig.task_wakes(), 0);
-    }
 
     /// The future of the common path stays small: the new-connection and HTTP/2 paths are
     /// boxed, so their connector, handshake and timer states are not part of it (1.3 KB
