@@ -304,6 +304,8 @@ pub enum SourceConfig {
     AzureCli(crate::source::AzureCliConfig),
     /// `kind = "aws-web-identity"`
     AwsWebIdentity(crate::source::aws::AwsWebIdentityConfig),
+    /// `kind = "google"`
+    Google(crate::source::google::GoogleConfig),
     /// `kind = "token-exchange"`
     TokenExchange(crate::source::exchange::TokenExchangeConfig),
     /// `kind = "plugin"`
@@ -385,6 +387,7 @@ pub const SOURCE_KINDS: &[&str] = &[
     "managed-identity",
     "azure-cli",
     "aws-web-identity",
+    "google",
     "token-exchange",
     "plugin",
 ];
@@ -424,6 +427,7 @@ impl<'de> Deserialize<'de> for SourceConfig {
             "managed-identity" => SourceConfig::ManagedIdentity(part(table)?),
             "azure-cli" => SourceConfig::AzureCli(part(table)?),
             "aws-web-identity" => SourceConfig::AwsWebIdentity(part(table)?),
+            "google" => SourceConfig::Google(part(table)?),
             "token-exchange" => SourceConfig::TokenExchange(part(table)?),
             "plugin" => SourceConfig::Plugin(part(table)?),
             other => {
@@ -452,6 +456,7 @@ impl SourceConfig {
             SourceConfig::ManagedIdentity(_) => "managed-identity",
             SourceConfig::AzureCli(_) => "azure-cli",
             SourceConfig::AwsWebIdentity(_) => "aws-web-identity",
+            SourceConfig::Google(_) => "google",
             SourceConfig::TokenExchange(_) => "token-exchange",
             SourceConfig::Plugin(_) => "plugin",
         }
@@ -501,6 +506,15 @@ impl SourceConfig {
                 let mut v = standard(&["AWS_WEB_IDENTITY_TOKEN_FILE"]);
                 if let Some(inner) = &c.web_identity {
                     v.extend(inner.credential_env_vars());
+                }
+                v
+            }
+            SourceConfig::Google(c) => {
+                let mut v = standard(&["GOOGLE_APPLICATION_CREDENTIALS"]);
+                if let Some(inner) = &c.subject {
+                    v.extend(inner.credential_env_vars());
+                } else if c.workload_identity_provider.is_some() {
+                    v.extend(standard(GITHUB_OIDC));
                 }
                 v
             }
@@ -575,6 +589,7 @@ impl SourceConfig {
             SourceConfig::ManagedIdentity(c) => c.build(path, env)?,
             SourceConfig::AzureCli(c) => c.build(path, env)?,
             SourceConfig::AwsWebIdentity(c) => c.build(path, env)?,
+            SourceConfig::Google(c) => c.build(path, env)?,
             SourceConfig::TokenExchange(c) => c.build(path, env)?,
             SourceConfig::Plugin(c) => c.build(path, env)?,
         })

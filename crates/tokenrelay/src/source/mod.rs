@@ -14,6 +14,7 @@
 //! | `managed-identity` | [`ManagedIdentitySource`] | Azure IMDS / App Service managed identity |
 //! | `azure-cli` | [`AzureCliSource`] | `az account get-access-token` |
 //! | `aws-web-identity` | [`AwsWebIdentitySource`] | AWS STS AssumeRoleWithWebIdentity |
+//! | `google` | [`GoogleSource`] | Google Application Default Credentials (files, federation, metadata server) |
 //! | `token-exchange` | [`TokenExchangeSource`] | RFC 8693 token exchange of another source's token |
 //! | `plugin` | [`PluginSource`] | a helper process over JSON-RPC (`providerToken.acquire`) |
 //!
@@ -43,6 +44,9 @@ mod env;
 pub mod exchange;
 mod file;
 pub mod github_oidc;
+pub mod google;
+mod google_calls;
+pub mod google_files;
 pub mod http;
 pub mod imds;
 mod inputs;
@@ -59,6 +63,7 @@ pub use env::{EnvSource, StaticSource};
 pub use exchange::TokenExchangeSource;
 pub use file::FileSource;
 pub use github_oidc::GithubOidc;
+pub use google::GoogleSource;
 pub use http::IdpClient;
 pub use imds::ManagedIdentitySource;
 pub(crate) use inputs::read_config_file;
