@@ -65,6 +65,8 @@ pub struct GoogleSource {
     scopes: Vec<String>,
     subject: Option<Arc<dyn Source>>,
     lifetime: Duration,
+    user_token_uri: Option<String>,
+    iam_url: String,
     http: IdpClient,
     metadata_http: IdpClient,
     timeout: Duration,
@@ -104,6 +106,7 @@ impl GoogleSource {
                 refresh_token,
                 token_uri,
             } => {
+                let token_uri = self.user_token_uri.as_deref().unwrap_or(token_uri);
                 let at = format!("{origin}: token_uri {token_uri}");
                 calls::refresh_grant(
                     &self.http,
@@ -137,9 +140,10 @@ impl GoogleSource {
             GoogleCredential::External(ext) => self.external(ext, origin, scopes, req).await,
             GoogleCredential::Impersonated {
                 source,
-                url,
+                target,
                 delegates,
             } => {
+                let url = files::impersonation_url(&self.iam_url, target);
                 // google-auth: a service account source gets the IAM scope, a user's refresh
                 // token keeps the scopes it was granted.
                 let source_scopes: &[&str] = match **source {
@@ -152,7 +156,7 @@ impl GoogleSource {
                 calls::generate_access_token(
                     &self.http,
                     &at,
-                    url,
+                    &url,
                     &inner.token,
                     scopes,
                     delegates,
@@ -288,13 +292,20 @@ pub struct GoogleConfig {
     /// STS endpoint for `workload_identity_provider` (default `https://sts.googleapis.com/v1/token`).
     #[serde(default)]
     pub token_url: Option<String>,
-    /// `generateAccessToken` URL for `workload_identity_provider` (default from `service_account`).
+    /// Base URL of the IAM Credentials API (default `https://iamcredentials.googleapis.com`),
+    /// for `service_account` and `impersonated_service_account` files (an `external_account`
+    /// file's own `service_account_impersonation_url` is used as written).
     #[serde(default)]
-    pub service_account_impersonation_url: Option<String>,
+    pub iam_credentials_url: Option<String>,
     /// Lifetime asked of `generateAccessToken` (default 1h; a file's
     /// `service_account_impersonation.token_lifetime_seconds` wins).
     #[serde(default, with = "humantime_serde")]
     pub token_lifetime: Option<Duration>,
+    /// OAuth token endpoint for `authorized_user` credentials (default
+    /// `https://oauth2.googleapis.com/token`; like google-auth, a file's `token_uri` is ignored
+    /// for them).
+    #[serde(default)]
+    pub token_uri: Option<String>,
     /// Metadata server host (default `GCE_METADATA_HOST`, else `metadata.google.internal`).
     #[serde(default)]
     pub metadata_host: Option<String>,
@@ -362,6 +373,12 @@ impl GoogleConfig {
         }
     }
 
+    fn iam_url(&self) -> String {
+        self.iam_credentials_url
+            .clone()
+            .unwrap_or_else(|| GOOGLE_IAM_CREDENTIALS.into())
+    }
+
     fn federation(&self, path: &str, wip: &str) -> Result<ExternalAccount> {
         let wip = wip.trim().trim_start_matches("//iam.googleapis.com/");
         let parts: Vec<&str> = wip.split('/').collect();
@@ -395,21 +412,17 @@ impl GoogleConfig {
             .clone()
             .unwrap_or_else(|| GOOGLE_STS_URL.into());
         check_url(path, "token_url", &token_url)?;
-        let impersonation_url = match (
-            &self.service_account_impersonation_url,
-            &self.service_account,
-        ) {
-            (Some(u), _) => Some(u.clone()),
-            (None, Some(sa)) => {
+        let impersonation_url = match &self.service_account {
+            Some(sa) => {
                 if !sa.contains('@') || sa.contains(['/', ':', '?', '#']) {
                     return Err(Error::config(
                         format!("{path}.service_account"),
                         "must be a service account email",
                     ));
                 }
-                Some(files::impersonation_url(GOOGLE_IAM_CREDENTIALS, sa))
+                Some(files::impersonation_url(&self.iam_url(), sa))
             }
-            (None, None) => None,
+            None => None,
         };
         if let Some(u) = &impersonation_url {
             check_url(path, "service_account_impersonation_url", u)?;
@@ -465,8 +478,14 @@ impl GoogleConfig {
             Some(s) => s.split_whitespace().map(str::to_owned).collect(),
             None => vec![DEFAULT_GOOGLE_SCOPE.to_owned()],
         };
+        if let Some(u) = &self.token_uri {
+            check_url(path, "token_uri", u)?;
+        }
+        check_url(path, "iam_credentials_url", &self.iam_url())?;
         let ca = format!("{path}.ca_bundle");
         Ok(Arc::new(GoogleSource {
+            user_token_uri: self.token_uri.clone(),
+            iam_url: self.iam_url(),
             mode,
             scopes,
             subject,

@@ -63,8 +63,10 @@ pub(crate) async fn refresh_grant(
         .into())
 }
 
-/// The service account JWT grant: `iss` = the account, `scope`, `aud` = `token_uri`, 1 h,
-/// signed RS256 with the file's key (`kid` = `private_key_id`).
+/// The service account JWT grant: `iss` = the account, `scope`, `aud` =
+/// `https://oauth2.googleapis.com/token` (what Google documents and google-auth sends, whatever
+/// the file's `token_uri`), 1 h, signed RS256 with the file's key (`kid` = `private_key_id`);
+/// posted to `token_uri`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn jwt_grant(
     http: &IdpClient,
@@ -82,7 +84,7 @@ pub(crate) async fn jwt_grant(
     let claims = serde_json::json!({
         "iss": client_email,
         "scope": scope,
-        "aud": token_uri,
+        "aud": super::google_files::GOOGLE_TOKEN_URI,
         "iat": iat,
         "exp": iat + JWT_GRANT_LIFETIME,
     });

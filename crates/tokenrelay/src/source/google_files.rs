@@ -34,7 +34,8 @@ pub enum GoogleCredential {
         client_secret: Secret,
         /// `refresh_token`.
         refresh_token: Secret,
-        /// `token_uri` (default [`GOOGLE_TOKEN_URI`]).
+        /// Always [`GOOGLE_TOKEN_URI`]: like google-auth, the file's `token_uri` is ignored, so
+        /// a file cannot send the refresh token elsewhere (the table's `token_uri` can).
         token_uri: String,
     },
     /// `service_account`: a key that signs RFC 7523 JWT grants.
@@ -54,8 +55,9 @@ pub enum GoogleCredential {
     Impersonated {
         /// `source_credentials`, itself an `authorized_user` or `service_account`.
         source: Box<GoogleCredential>,
-        /// `service_account_impersonation_url`.
-        url: String,
+        /// The service account named in `service_account_impersonation_url` (like google-auth,
+        /// only the account is taken from the URL: the call goes to IAM Credentials).
+        target: String,
         /// `delegates`.
         delegates: Vec<String>,
     },
@@ -134,8 +136,6 @@ struct AuthorizedUserFile {
     client_id: String,
     client_secret: String,
     refresh_token: String,
-    #[serde(default)]
-    token_uri: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,8 +260,7 @@ fn parse(origin: &str, path: &Path, value: serde_json::Value) -> Result<GoogleCr
     match kind.as_str() {
         "authorized_user" => {
             let f: AuthorizedUserFile = fields(value, &at)?;
-            let token_uri = f.token_uri.unwrap_or_else(|| GOOGLE_TOKEN_URI.into());
-            url_field("token_uri", &token_uri)?;
+            let token_uri = GOOGLE_TOKEN_URI.to_owned();
             for (field, v) in [("client_id", &f.client_id), ("refresh_token", &f.refresh_token)] {
                 if v.trim().is_empty() {
                     return Err(at(field, "empty"));
@@ -296,10 +295,19 @@ fn parse(origin: &str, path: &Path, value: serde_json::Value) -> Result<GoogleCr
         }
         "impersonated_service_account" => {
             let f: ImpersonatedFile = fields(value, &at)?;
-            url_field(
-                "service_account_impersonation_url",
-                &f.service_account_impersonation_url,
-            )?;
+            let url = &f.service_account_impersonation_url;
+            let target = url
+                .rfind('/')
+                .zip(url.find(":generateAccessToken"))
+                .filter(|(a, b)| a < b)
+                .map(|(a, b)| url[a + 1..b].to_owned())
+                .filter(|t| t.contains('@') && !t.contains(['?', '#', '%']))
+                .ok_or_else(|| {
+                    at(
+                        "service_account_impersonation_url",
+                        "does not end in /SERVICE_ACCOUNT_EMAIL:generateAccessToken",
+                    )
+                })?;
             let source = parse(origin, path, f.source_credentials).map_err(|e| {
                 Error::config(origin, format!("{kind} source_credentials: {}", config_msg(&e)))
             })?;
@@ -314,7 +322,7 @@ fn parse(origin: &str, path: &Path, value: serde_json::Value) -> Result<GoogleCr
             }
             Ok(GoogleCredential::Impersonated {
                 source: Box::new(source),
-                url: f.service_account_impersonation_url,
+                target,
                 delegates: f.delegates,
             })
         }
