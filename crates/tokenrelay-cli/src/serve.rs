@@ -162,7 +162,7 @@ pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
 fn copilot_type(inject: &Inject) -> &'static str {
     match inject {
         Inject::ApiKey => "azure",
-        Inject::XApiKey => "anthropic",
+        Inject::XApiKey | Inject::AnthropicOAuth => "anthropic",
         _ => "openai",
     }
 }

@@ -184,6 +184,9 @@ pub enum Inject {
     ApiKey,
     /// `x-api-key: <token>` (Anthropic)
     XApiKey,
+    /// `Authorization: Bearer <token>` plus `anthropic-beta: oauth-2025-04-20` merged into the
+    /// client's own `anthropic-beta` (Anthropic OAuth access tokens, `anthropic-federated`).
+    AnthropicOAuth,
     /// AWS Signature Version 4 with the source's AWS credentials (Bedrock); the request body
     /// must fit the replay buffer, since the signature covers its hash.
     AwsSigV4,
@@ -229,7 +232,7 @@ impl TryFrom<InjectRepr> for Inject {
 }
 
 impl Inject {
-    /// Parses `bearer`, `api-key`, `x-api-key`, or `header:NAME` (value = token) /
+    /// Parses `bearer`, `api-key`, `x-api-key`, `aws-sigv4`, `anthropic-oauth`, or `header:NAME` (value = token) /
     /// `header:NAME:TEMPLATE`.
     ///
     /// # Errors
@@ -240,6 +243,7 @@ impl Inject {
             "api-key" => Ok(Inject::ApiKey),
             "x-api-key" => Ok(Inject::XApiKey),
             "aws-sigv4" => Ok(Inject::AwsSigV4),
+            "anthropic-oauth" => Ok(Inject::AnthropicOAuth),
             other => {
                 if let Some(rest) = other.strip_prefix("header:") {
                     let (header, template) = match rest.split_once(':') {
@@ -249,7 +253,7 @@ impl Inject {
                     return Inject::try_from(InjectRepr::Custom { header, template });
                 }
                 Err(format!(
-                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key, aws-sigv4 or header:NAME[:TEMPLATE])"
+                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key, aws-sigv4, anthropic-oauth or header:NAME[:TEMPLATE])"
                 ))
             }
         }
@@ -258,7 +262,7 @@ impl Inject {
     /// The header this style sets.
     pub fn header_name(&self) -> &str {
         match self {
-            Inject::Bearer | Inject::AwsSigV4 => "authorization",
+            Inject::Bearer | Inject::AwsSigV4 | Inject::AnthropicOAuth => "authorization",
             Inject::ApiKey => "api-key",
             Inject::XApiKey => "x-api-key",
             Inject::Header { header, .. } => header,
@@ -268,7 +272,7 @@ impl Inject {
     /// The header value for `token`.
     pub fn header_value(&self, token: &str) -> String {
         match self {
-            Inject::Bearer => format!("Bearer {token}"),
+            Inject::Bearer | Inject::AnthropicOAuth => format!("Bearer {token}"),
             Inject::ApiKey | Inject::XApiKey | Inject::AwsSigV4 => token.to_owned(),
             Inject::Header { template, .. } => template.replace("{token}", token),
         }
@@ -306,6 +310,8 @@ pub enum SourceConfig {
     AwsWebIdentity(crate::source::aws::AwsWebIdentityConfig),
     /// `kind = "google"`
     Google(crate::source::google::GoogleConfig),
+    /// `kind = "anthropic-federated"`
+    AnthropicFederated(crate::source::anthropic::AnthropicFederatedConfig),
     /// `kind = "token-exchange"`
     TokenExchange(crate::source::exchange::TokenExchangeConfig),
     /// `kind = "plugin"`
@@ -388,6 +394,7 @@ pub const SOURCE_KINDS: &[&str] = &[
     "azure-cli",
     "aws-web-identity",
     "google",
+    "anthropic-federated",
     "token-exchange",
     "plugin",
 ];
@@ -428,6 +435,7 @@ impl<'de> Deserialize<'de> for SourceConfig {
             "azure-cli" => SourceConfig::AzureCli(part(table)?),
             "aws-web-identity" => SourceConfig::AwsWebIdentity(part(table)?),
             "google" => SourceConfig::Google(part(table)?),
+            "anthropic-federated" => SourceConfig::AnthropicFederated(part(table)?),
             "token-exchange" => SourceConfig::TokenExchange(part(table)?),
             "plugin" => SourceConfig::Plugin(part(table)?),
             other => {
@@ -457,6 +465,7 @@ impl SourceConfig {
             SourceConfig::AzureCli(_) => "azure-cli",
             SourceConfig::AwsWebIdentity(_) => "aws-web-identity",
             SourceConfig::Google(_) => "google",
+            SourceConfig::AnthropicFederated(_) => "anthropic-federated",
             SourceConfig::TokenExchange(_) => "token-exchange",
             SourceConfig::Plugin(_) => "plugin",
         }
@@ -518,6 +527,10 @@ impl SourceConfig {
                 }
                 v
             }
+            SourceConfig::AnthropicFederated(c) => match &c.subject {
+                Some(inner) => inner.credential_env_vars(),
+                None => standard(GITHUB_OIDC),
+            },
             SourceConfig::TokenExchange(c) => {
                 let mut v = named(&[&c.client_secret_env]);
                 v.extend(c.subject.credential_env_vars());
@@ -590,6 +603,7 @@ impl SourceConfig {
             SourceConfig::AzureCli(c) => c.build(path, env)?,
             SourceConfig::AwsWebIdentity(c) => c.build(path, env)?,
             SourceConfig::Google(c) => c.build(path, env)?,
+            SourceConfig::AnthropicFederated(c) => c.build(path, env)?,
             SourceConfig::TokenExchange(c) => c.build(path, env)?,
             SourceConfig::Plugin(c) => c.build(path, env)?,
         })
@@ -605,7 +619,7 @@ impl ProviderConfig {
     /// The error style, defaulted from the inject style.
     pub fn error_style(&self) -> ErrorStyle {
         self.error_style.unwrap_or(match self.inject {
-            Inject::XApiKey => ErrorStyle::Anthropic,
+            Inject::XApiKey | Inject::AnthropicOAuth => ErrorStyle::Anthropic,
             _ => ErrorStyle::Openai,
         })
     }

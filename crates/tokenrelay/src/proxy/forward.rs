@@ -336,6 +336,9 @@ fn upstream_head(p: &Provider, lane: &Lane, parts: &mut http::request::Parts) {
     for (k, v) in &p.extra_headers {
         headers.insert(k.clone(), v.clone());
     }
+    if p.inject == crate::config::Inject::AnthropicOAuth {
+        headers::merge_anthropic_beta(headers, crate::source::anthropic::OAUTH_BETA);
+    }
     if let Some(auth) = &p.proxy_auth {
         headers.insert(header::PROXY_AUTHORIZATION, auth.clone());
     }

@@ -38,6 +38,35 @@ pub(crate) fn strip_request(h: &mut HeaderMap, injected: &HeaderName) {
     });
 }
 
+/// Adds `beta` to the request's `anthropic-beta` list unless it is already there: the client's
+/// own betas are kept (one header, comma-joined, as the API reads it).
+pub(crate) fn merge_anthropic_beta(h: &mut HeaderMap, beta: &'static str) {
+    let name = HeaderName::from_static("anthropic-beta");
+    let mut betas: Vec<String> = h
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if betas.iter().any(|b| b == beta) && h.get_all(&name).iter().count() == 1 {
+        return;
+    }
+    if !betas.iter().any(|b| b == beta) {
+        betas.push(beta.to_owned());
+    }
+    match http::HeaderValue::from_str(&betas.join(",")) {
+        Ok(v) => {
+            h.insert(name, v);
+        }
+        // A client value that is not visible ASCII: send ours alone rather than nothing.
+        Err(_) => {
+            h.insert(name, http::HeaderValue::from_static(beta));
+        }
+    }
+}
+
 /// Removes the hop-by-hop headers, the headers `Connection` names and those `also` picks.
 ///
 /// It walks the names the message has (a handful) instead of looking up every name it might
@@ -68,6 +97,23 @@ fn strip(h: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_beta_is_merged_with_the_clients() {
+        let mut h = HeaderMap::new();
+        merge_anthropic_beta(&mut h, "oauth-2025-04-20");
+        assert_eq!(h["anthropic-beta"], "oauth-2025-04-20");
+        let mut h = HeaderMap::new();
+        h.append("anthropic-beta", "a-1, b-2".parse().unwrap());
+        h.append("anthropic-beta", "c-3".parse().unwrap());
+        merge_anthropic_beta(&mut h, "oauth-2025-04-20");
+        assert_eq!(h.get_all("anthropic-beta").iter().count(), 1);
+        assert_eq!(h["anthropic-beta"], "a-1,b-2,c-3,oauth-2025-04-20");
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-beta", "oauth-2025-04-20".parse().unwrap());
+        merge_anthropic_beta(&mut h, "oauth-2025-04-20");
+        assert_eq!(h["anthropic-beta"], "oauth-2025-04-20");
+    }
     use http::HeaderValue;
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `azure-cli` | [`AzureCliSource`] | `az account get-access-token` |
 //! | `aws-web-identity` | [`AwsWebIdentitySource`] | AWS STS AssumeRoleWithWebIdentity |
 //! | `google` | [`GoogleSource`] | Google Application Default Credentials (files, federation, metadata server) |
+//! | `anthropic-federated` | [`AnthropicFederatedSource`] | Anthropic workload identity federation |
 //! | `token-exchange` | [`TokenExchangeSource`] | RFC 8693 token exchange of another source's token |
 //! | `plugin` | [`PluginSource`] | a helper process over JSON-RPC (`providerToken.acquire`) |
 //!
@@ -35,6 +36,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::token::Token;
 
+pub mod anthropic;
 pub mod assertion;
 pub mod aws;
 mod azure_cli;
@@ -45,7 +47,7 @@ pub mod exchange;
 mod file;
 pub mod github_oidc;
 pub mod google;
-mod google_calls;
+pub(crate) mod google_calls;
 pub mod google_files;
 pub mod http;
 pub mod imds;
@@ -56,6 +58,7 @@ pub mod plugin;
 pub mod refresh;
 mod sigv4;
 
+pub use anthropic::AnthropicFederatedSource;
 pub use aws::AwsWebIdentitySource;
 pub use azure_cli::{AzureCliConfig, AzureCliSource};
 pub use command::{CommandSource, Program};
