@@ -109,4 +109,34 @@ refusal "wrong rule" "$WORK/rule.toml" "anthropic-federated source (rule fdrl_ot
 config "$(printf 'federation_rule_id = "%s"\nservice_account_id = "%s"' "$RULE" "$SVAC")" >"$WORK/org.toml"
 refusal "missing id" "$WORK/org.toml" "source.organization_id" "ANTHROPIC_ORGANIZATION_ID"
 
-echo "PASS anthropic-federated: token/check, serve $result across 3 lifetimes, 3 refusals"
+# 4. the composite action with provider: anthropic, in a simulated Actions step
+runner="$WORK/runner"
+mkdir -p "$runner/temp"
+: >"$runner/env"
+: >"$runner/output"
+aport="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+(
+    export GITHUB_ENV="$runner/env" GITHUB_OUTPUT="$runner/output" RUNNER_TEMP="$runner/temp"
+    export GITHUB_ACTION_PATH="$ROOT/.github/actions/tokenrelay" INPUT_PROVIDER=anthropic
+    export INPUT_UPSTREAM="$URL" INPUT_TOKEN_URL="$URL/anthropic/v1/oauth/token" INPUT_FEDERATION_RULE_ID="$RULE"
+    export INPUT_ORGANIZATION_ID="$ORG" INPUT_SERVICE_ACCOUNT_ID="$SVAC" INPUT_LISTEN="127.0.0.1:$aport"
+    export INPUT_TOKENRELAY="$TOKENRELAY" INPUT_READY_TIMEOUT=20
+    timeout 60 bash "$ROOT/.github/actions/tokenrelay/start.sh"
+) >"$WORK/step.log" 2>&1 || fail "the action (provider anthropic) failed: $(tail -n 8 "$WORK/step.log")"
+apid="$(sed -n 's/^pid=//p' "$runner/output")"
+PIDS+=("$apid")
+base="$(sed -n 's/^ANTHROPIC_BASE_URL=//p' "$runner/env")"
+akey="$(sed -n 's/^ANTHROPIC_API_KEY=//p' "$runner/env")"
+grep -q '^COPILOT_PROVIDER_TYPE=anthropic$' "$runner/env" || fail "the action did not export COPILOT_PROVIDER_TYPE=anthropic"
+python3 - "$base" "$akey" <<'PY' || fail "a request with the action's exported ANTHROPIC_BASE_URL/ANTHROPIC_API_KEY failed"
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/v1/messages", data=json.dumps({"model": "m", "max_tokens": 8,
+    "messages": [{"role": "user", "content": "ping"}]}).encode(),
+    headers={"Content-Type": "application/json", "x-api-key": sys.argv[2], "anthropic-version": "2023-06-01"})
+with urllib.request.urlopen(req, timeout=10) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+kill "$apid" 2>/dev/null || true
+note "composite action (provider: anthropic): exported ANTHROPIC_BASE_URL/ANTHROPIC_API_KEY work"
+
+echo "PASS anthropic-federated: token/check, serve $result across 3 lifetimes, 3 refusals, the action's provider: anthropic"
