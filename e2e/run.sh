@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python copilot-sdk claude-code github-actions nginx-h2 google anthropic-federated)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python copilot-sdk claude-code github-actions nginx-h2 google anthropic-federated claude-code-vertex)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi
