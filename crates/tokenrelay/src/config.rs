@@ -952,6 +952,15 @@ name = "ANTHROPIC_TOKEN"
                 "kind = \"aws-web-identity\"\n[provider.source.web_identity]\nkind = \"env\"\nname = \"WI\"",
                 &["AWS_WEB_IDENTITY_TOKEN_FILE", "LK", "WI"],
             ),
+            ("kind = \"google\"", &["GOOGLE_APPLICATION_CREDENTIALS", "LK"]),
+            (
+                "kind = \"google\"\nworkload_identity_provider = \"projects/1/locations/global/workloadIdentityPools/p/providers/x\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "GOOGLE_APPLICATION_CREDENTIALS", "LK"],
+            ),
+            (
+                "kind = \"anthropic-federated\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "LK"],
+            ),
         ];
         for (source, want) in table {
             assert_eq!(vars(source), *want, "{source}");
