@@ -308,6 +308,8 @@ pub enum SourceConfig {
     AzureCli(crate::source::AzureCliConfig),
     /// `kind = "aws-web-identity"`
     AwsWebIdentity(crate::source::aws::AwsWebIdentityConfig),
+    /// `kind = "aws"`
+    AwsHost(crate::source::aws_chain::AwsHostConfig),
     /// `kind = "google"`
     Google(crate::source::google::GoogleConfig),
     /// `kind = "anthropic-federated"`
@@ -393,6 +395,7 @@ pub const SOURCE_KINDS: &[&str] = &[
     "managed-identity",
     "azure-cli",
     "aws-web-identity",
+    "aws",
     "google",
     "anthropic-federated",
     "token-exchange",
@@ -434,6 +437,7 @@ impl<'de> Deserialize<'de> for SourceConfig {
             "managed-identity" => SourceConfig::ManagedIdentity(part(table)?),
             "azure-cli" => SourceConfig::AzureCli(part(table)?),
             "aws-web-identity" => SourceConfig::AwsWebIdentity(part(table)?),
+            "aws" => SourceConfig::AwsHost(part(table)?),
             "google" => SourceConfig::Google(part(table)?),
             "anthropic-federated" => SourceConfig::AnthropicFederated(part(table)?),
             "token-exchange" => SourceConfig::TokenExchange(part(table)?),
@@ -464,6 +468,7 @@ impl SourceConfig {
             SourceConfig::ManagedIdentity(_) => "managed-identity",
             SourceConfig::AzureCli(_) => "azure-cli",
             SourceConfig::AwsWebIdentity(_) => "aws-web-identity",
+            SourceConfig::AwsHost(_) => "aws",
             SourceConfig::Google(_) => "google",
             SourceConfig::AnthropicFederated(_) => "anthropic-federated",
             SourceConfig::TokenExchange(_) => "token-exchange",
@@ -518,6 +523,12 @@ impl SourceConfig {
                 }
                 v
             }
+            SourceConfig::AwsHost(_) => standard(&[
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            ]),
             SourceConfig::Google(c) => {
                 let mut v = standard(&["GOOGLE_APPLICATION_CREDENTIALS"]);
                 if let Some(inner) = &c.subject {
@@ -602,6 +613,7 @@ impl SourceConfig {
             SourceConfig::ManagedIdentity(c) => c.build(path, env)?,
             SourceConfig::AzureCli(c) => c.build(path, env)?,
             SourceConfig::AwsWebIdentity(c) => c.build(path, env)?,
+            SourceConfig::AwsHost(c) => c.build(path, env)?,
             SourceConfig::Google(c) => c.build(path, env)?,
             SourceConfig::AnthropicFederated(c) => c.build(path, env)?,
             SourceConfig::TokenExchange(c) => c.build(path, env)?,

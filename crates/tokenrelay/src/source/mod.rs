@@ -15,6 +15,7 @@
 //! | `azure-cli` | [`AzureCliSource`] | `az account get-access-token` |
 //! | `aws-web-identity` | [`AwsWebIdentitySource`] | AWS STS AssumeRoleWithWebIdentity |
 //! | `google` | [`GoogleSource`] | Google Application Default Credentials (files, federation, metadata server) |
+//! | `aws` | [`AwsHostSource`] | AWS container credentials (ECS / EKS Pod Identity) or EC2 IMDSv2 |
 //! | `anthropic-federated` | [`AnthropicFederatedSource`] | Anthropic workload identity federation |
 //! | `token-exchange` | [`TokenExchangeSource`] | RFC 8693 token exchange of another source's token |
 //! | `plugin` | [`PluginSource`] | a helper process over JSON-RPC (`providerToken.acquire`) |
@@ -39,6 +40,7 @@ use crate::token::Token;
 pub mod anthropic;
 pub mod assertion;
 pub mod aws;
+pub mod aws_chain;
 mod azure_cli;
 mod command;
 pub mod entra;
@@ -60,6 +62,7 @@ mod sigv4;
 
 pub use anthropic::AnthropicFederatedSource;
 pub use aws::AwsWebIdentitySource;
+pub use aws_chain::AwsHostSource;
 pub use azure_cli::{AzureCliConfig, AzureCliSource};
 pub use command::{CommandSource, Program};
 pub use env::{EnvSource, StaticSource};
