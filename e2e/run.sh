@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs every end-to-end test with real clients (Copilot CLI proxy and helper faces, OpenAI
 # Python SDK, Copilot SDK, Claude Code (also in Vertex mode), the GitHub Actions composite action,
-# google-auth and the Anthropic federation flow against loopback cloud fakes
-# ) and HTTP/2 and
+# google-auth and the Anthropic federation flow against loopback cloud fakes) and HTTP/2 and
 # HTTP/1.1 over TLS to a real nginx, after building the release binary. Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
 # Ends with the line `N passed, M failed` (`, K skipped` when some skipped); exits non-zero
 # when any failed.
