@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every end-to-end test with real clients (Copilot CLI proxy and helper faces, OpenAI
-# Python SDK and its Realtime client, the MCP SDK, Codex and Copilot CLI over WebSockets, Copilot SDK, Claude Code, the GitHub Actions composite action) and HTTP/2 and
+# Python SDK and its Realtime client, the MCP SDK, Codex and Copilot CLI over WebSockets, Copilot
+# SDK, Claude Code (also in Vertex mode), the GitHub Actions composite action, google-auth and the
+# Anthropic federation flow against loopback cloud fakes) and HTTP/2 and
 # HTTP/1.1 over TLS to a real nginx, after building the release binary. Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
 # Ends with the line `N passed, M failed` (`, K skipped` when some skipped); exits non-zero
 # when any failed.
@@ -9,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python openai-realtime mcp ws-agents copilot-sdk claude-code github-actions nginx-h2)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python openai-realtime mcp ws-agents copilot-sdk claude-code github-actions nginx-h2 google anthropic-federated claude-code-vertex)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi

@@ -162,7 +162,7 @@ pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
 fn copilot_type(inject: &Style) -> &'static str {
     match inject {
         Style::ApiKey => "azure",
-        Style::XApiKey => "anthropic",
+        Style::XApiKey | Style::AnthropicOAuth => "anthropic",
         _ => "openai",
     }
 }

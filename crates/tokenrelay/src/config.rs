@@ -210,7 +210,7 @@ impl ProviderConfig {
     /// The error style, defaulted from the inject style.
     pub fn error_style(&self) -> ErrorStyle {
         self.error_style.unwrap_or(match self.inject {
-            Style::XApiKey => ErrorStyle::Anthropic,
+            Style::XApiKey | Style::AnthropicOAuth => ErrorStyle::Anthropic,
             _ => ErrorStyle::Openai,
         })
     }
@@ -504,6 +504,15 @@ name = "ANTHROPIC_TOKEN"
             (
                 "kind = \"aws-web-identity\"\n[provider.source.web_identity]\nkind = \"env\"\nname = \"WI\"",
                 &["AWS_WEB_IDENTITY_TOKEN_FILE", "LK", "WI"],
+            ),
+            ("kind = \"google\"", &["GOOGLE_APPLICATION_CREDENTIALS", "LK"]),
+            (
+                "kind = \"google\"\nworkload_identity_provider = \"projects/1/locations/global/workloadIdentityPools/p/providers/x\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "GOOGLE_APPLICATION_CREDENTIALS", "LK"],
+            ),
+            (
+                "kind = \"anthropic-federated\"",
+                &["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "LK"],
             ),
         ];
         for (source, want) in table {

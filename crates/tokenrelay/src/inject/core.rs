@@ -216,6 +216,9 @@ impl Injector {
         for (k, v) in &self.extra_headers {
             h.insert(k.clone(), v.clone());
         }
+        if self.style == Style::AnthropicOAuth {
+            super::style::merge_anthropic_beta(h, crate::source::anthropic::OAUTH_BETA);
+        }
     }
 
     /// Whether requests are SigV4-signed instead of carrying a header.

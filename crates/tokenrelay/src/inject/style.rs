@@ -23,6 +23,9 @@ pub enum Style {
     ApiKey,
     /// `x-api-key: <token>` (Anthropic)
     XApiKey,
+    /// `Authorization: Bearer <token>` plus `anthropic-beta: oauth-2025-04-20` merged into the
+    /// client's own `anthropic-beta` (Anthropic OAuth access tokens, `anthropic-federated`).
+    AnthropicOAuth,
     /// AWS Signature Version 4 with the source's AWS credentials (Bedrock); the request body
     /// must fit the replay buffer, since the signature covers its hash.
     AwsSigV4,
@@ -78,7 +81,7 @@ impl Style {
         Ok(Style::Header { header, template })
     }
 
-    /// Parses `bearer`, `api-key`, `x-api-key`, `aws-sigv4`, or `header:NAME` (value = token) /
+    /// Parses `bearer`, `api-key`, `x-api-key`, `aws-sigv4`, `anthropic-oauth`, or `header:NAME` (value = token) /
     /// `header:NAME:TEMPLATE`.
     ///
     /// # Errors
@@ -89,6 +92,7 @@ impl Style {
             "api-key" => Ok(Style::ApiKey),
             "x-api-key" => Ok(Style::XApiKey),
             "aws-sigv4" => Ok(Style::AwsSigV4),
+            "anthropic-oauth" => Ok(Style::AnthropicOAuth),
             other => {
                 if let Some(rest) = other.strip_prefix("header:") {
                     let (header, template) = match rest.split_once(':') {
@@ -98,7 +102,7 @@ impl Style {
                     return Style::custom(header, template);
                 }
                 Err(format!(
-                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key, aws-sigv4 or header:NAME[:TEMPLATE])"
+                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key, aws-sigv4, anthropic-oauth or header:NAME[:TEMPLATE])"
                 ))
             }
         }
@@ -107,7 +111,7 @@ impl Style {
     /// The header this style sets.
     pub fn header_name(&self) -> HeaderName {
         match self {
-            Style::Bearer | Style::AwsSigV4 => http::header::AUTHORIZATION,
+            Style::Bearer | Style::AwsSigV4 | Style::AnthropicOAuth => http::header::AUTHORIZATION,
             Style::ApiKey => HeaderName::from_static("api-key"),
             Style::XApiKey => HeaderName::from_static("x-api-key"),
             Style::Header { header, .. } => header.clone(),
@@ -117,9 +121,38 @@ impl Style {
     /// The header value text for `token`.
     pub fn header_value(&self, token: &str) -> String {
         match self {
-            Style::Bearer => format!("Bearer {token}"),
+            Style::Bearer | Style::AnthropicOAuth => format!("Bearer {token}"),
             Style::ApiKey | Style::XApiKey | Style::AwsSigV4 => token.to_owned(),
             Style::Header { template, .. } => template.replace("{token}", token),
+        }
+    }
+}
+
+/// Adds `beta` to the request's `anthropic-beta` list unless it is already there: the client's
+/// own betas are kept (one header, comma-joined, as the API reads it).
+pub(crate) fn merge_anthropic_beta(h: &mut http::HeaderMap, beta: &'static str) {
+    let name = HeaderName::from_static("anthropic-beta");
+    let mut betas: Vec<String> = h
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if betas.iter().any(|b| b == beta) && h.get_all(&name).iter().count() == 1 {
+        return;
+    }
+    if !betas.iter().any(|b| b == beta) {
+        betas.push(beta.to_owned());
+    }
+    match http::HeaderValue::from_str(&betas.join(",")) {
+        Ok(v) => {
+            h.insert(name, v);
+        }
+        // A client value that is not visible ASCII: send ours alone rather than nothing.
+        Err(_) => {
+            h.insert(name, http::HeaderValue::from_static(beta));
         }
     }
 }
@@ -127,6 +160,24 @@ impl Style {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+
+    #[test]
+    fn anthropic_beta_is_merged_with_the_clients() {
+        let mut h = HeaderMap::new();
+        merge_anthropic_beta(&mut h, "oauth-2025-04-20");
+        assert_eq!(h["anthropic-beta"], "oauth-2025-04-20");
+        let mut h = HeaderMap::new();
+        h.append("anthropic-beta", "a-1, b-2".parse().unwrap());
+        h.append("anthropic-beta", "c-3".parse().unwrap());
+        merge_anthropic_beta(&mut h, "oauth-2025-04-20");
+        assert_eq!(h.get_all("anthropic-beta").iter().count(), 1);
+        assert_eq!(h["anthropic-beta"], "a-1,b-2,c-3,oauth-2025-04-20");
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-beta", "oauth-2025-04-20".parse().unwrap());
+        merge_anthropic_beta(&mut h, "oauth-2025-04-20");
+        assert_eq!(h["anthropic-beta"], "oauth-2025-04-20");
+    }
 
     #[test]
     fn parses_every_form_and_refuses_bad_ones() {

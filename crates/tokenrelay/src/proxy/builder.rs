@@ -368,7 +368,7 @@ impl ProviderSpec {
     /// The error style, defaulted from the inject style.
     pub(crate) fn effective_error_style(&self) -> ErrorStyle {
         self.error_style.unwrap_or(match self.style {
-            Style::XApiKey => ErrorStyle::Anthropic,
+            Style::XApiKey | Style::AnthropicOAuth => ErrorStyle::Anthropic,
             _ => ErrorStyle::Openai,
         })
     }

@@ -59,6 +59,7 @@ fn strip(h: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use http::HeaderValue;
 
     #[test]

@@ -72,6 +72,9 @@ source_kinds! {
     "aws-web-identity" => AwsWebIdentity(super::aws::AwsWebIdentityConfig),
     "token-exchange" => TokenExchange(super::exchange::TokenExchangeConfig),
     "plugin" => Plugin(super::plugin::PluginConfig),
+    "aws" => AwsHost(super::aws_chain::AwsHostConfig),
+    "google" => Google(super::google::GoogleConfig),
+    "anthropic-federated" => AnthropicFederated(super::anthropic::AnthropicFederatedConfig),
 }
 
 /// Deserializes a kind's keys, naming the key path of an error.
@@ -242,6 +245,25 @@ impl SourceConfig {
                 v.extend(c.subject.credential_env_vars());
                 v
             }
+            SourceConfig::AwsHost(_) => standard(&[
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            ]),
+            SourceConfig::Google(c) => {
+                let mut v = standard(&["GOOGLE_APPLICATION_CREDENTIALS"]);
+                if let Some(inner) = &c.subject {
+                    v.extend(inner.credential_env_vars());
+                } else if c.workload_identity_provider.is_some() {
+                    v.extend(standard(GITHUB_OIDC));
+                }
+                v
+            }
+            SourceConfig::AnthropicFederated(c) => match &c.subject {
+                Some(inner) => inner.credential_env_vars(),
+                None => standard(GITHUB_OIDC),
+            },
         }
     }
 
@@ -310,6 +332,9 @@ impl SourceConfig {
             SourceConfig::AwsWebIdentity(c) => c.build(path, env)?,
             SourceConfig::TokenExchange(c) => c.build(path, env)?,
             SourceConfig::Plugin(c) => c.build(path, env)?,
+            SourceConfig::AwsHost(c) => c.build(path, env)?,
+            SourceConfig::Google(c) => c.build(path, env)?,
+            SourceConfig::AnthropicFederated(c) => c.build(path, env)?,
         })
     }
 }

@@ -14,6 +14,9 @@
 //! | `managed-identity` | [`ManagedIdentitySource`] | Azure IMDS / App Service managed identity |
 //! | `azure-cli` | [`AzureCliSource`] | `az account get-access-token` |
 //! | `aws-web-identity` | [`AwsWebIdentitySource`] | AWS STS AssumeRoleWithWebIdentity |
+//! | `google` | [`GoogleSource`] | Google Application Default Credentials (files, federation, metadata server) |
+//! | `aws` | [`AwsHostSource`] | AWS container credentials (ECS / EKS Pod Identity) or EC2 IMDSv2 |
+//! | `anthropic-federated` | [`AnthropicFederatedSource`] | Anthropic workload identity federation |
 //! | `token-exchange` | [`TokenExchangeSource`] | RFC 8693 token exchange of another source's token |
 //! | `plugin` | [`PluginSource`] | a helper process over JSON-RPC (`providerToken.acquire`) |
 //!
@@ -34,8 +37,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::token::Token;
 
+pub mod anthropic;
 pub mod assertion;
 pub mod aws;
+pub mod aws_chain;
 mod azure_cli;
 mod command;
 mod config;
@@ -44,6 +49,9 @@ mod env;
 pub mod exchange;
 mod file;
 pub mod github_oidc;
+pub mod google;
+pub(crate) mod google_calls;
+pub mod google_files;
 pub mod http;
 pub mod imds;
 mod inputs;
@@ -52,7 +60,9 @@ pub mod output;
 pub mod plugin;
 pub mod refresh;
 
+pub use anthropic::AnthropicFederatedSource;
 pub use aws::AwsWebIdentitySource;
+pub use aws_chain::AwsHostSource;
 pub use azure_cli::{AzureCliConfig, AzureCliSource};
 pub use command::{CommandSource, Program};
 pub use config::{CommandConfig, EnvConfig, FileConfig, SourceConfig, StaticConfig, SOURCE_KINDS};
@@ -60,6 +70,7 @@ pub use env::{EnvSource, StaticSource};
 pub use exchange::TokenExchangeSource;
 pub use file::FileSource;
 pub use github_oidc::GithubOidc;
+pub use google::GoogleSource;
 pub use http::IdpClient;
 pub use imds::ManagedIdentitySource;
 pub(crate) use inputs::read_config_file;
