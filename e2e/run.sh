@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every end-to-end test with real clients (Copilot CLI proxy and helper faces, OpenAI
 # Python SDK, Copilot SDK, Claude Code, the GitHub Actions composite action) and HTTP/2 and
-# HTTP/1.1 over TLS to a real nginx, after building the release binary. Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
+# HTTP/1.1 over TLS to a real nginx, after building the release binary; then the packages
+# (wheel, npm tarballs, their providers under the OpenAI Python SDK and the Copilot SDK), the
+# container image (buildah + podman) and the workflow linters (actionlint, zizmor). Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
 # Ends with the line `N passed, M failed` (`, K skipped` when some skipped); exits non-zero
 # when any failed.
 #
@@ -9,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python copilot-sdk claude-code github-actions nginx-h2)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python packages copilot-sdk claude-code github-actions nginx-h2 image workflows)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi
