@@ -186,7 +186,8 @@ build_packages() {
     STATIC_BIN="$ROOT/target/$STATIC_TARGET/release/tokenrelay"
     [[ -x "$STATIC_BIN" ]] || fail "no static binary at $STATIC_BIN"
     WHEEL="$(ls "$DIST"/tokenrelay-*.whl)"
-    bash "$ROOT/packaging/npm/pack.sh" --main "$STATIC_BIN" linux x64 "$DIST" >"$DIST/npm-pack.log" 2>&1 || {
+    { bash "$ROOT/packaging/npm/pack.sh" main "$DIST" &&
+        bash "$ROOT/packaging/npm/pack.sh" platform "$STATIC_BIN" linux x64 "$DIST"; } >"$DIST/npm-pack.log" 2>&1 || {
         tail -20 "$DIST/npm-pack.log" >&2
         fail "packaging/npm/pack.sh failed"
     }

@@ -89,13 +89,13 @@ min_runs="${bounds% *}" max_runs="${bounds#* }"
     fail "the helper ran $runs times for $calls calls over ${elapsed}s (expected $min_runs..$max_runs; tokens live ${lifetime}s)"
 [[ "$(r 'd["threads"]')" == '{"callers": 16, "distinct_tokens": 1, "helper_runs": 1}' ]] ||
     fail "16 cold threads: $(r 'd["threads"]')"
-[[ "$(r 'd["asyncio"]["callers"]'),$(r 'd["asyncio"]["distinct_tokens"]'),$(r 'd["asyncio"]["helper_runs"]'),$(r 'd["asyncio"]["async_client_ok"]')" == "16,1,1,True" ]] ||
+[[ "$(r 'd["asyncio"]["callers"]'),$(r 'd["asyncio"]["distinct_tokens"]'),$(r 'd["asyncio"]["helper_runs"]'),$(r 'd["asyncio"]["async_client_ok"]')" == "16,1,1,true" ]] ||
     fail "16 cold tasks: $(r 'd["asyncio"]')"
 ticks="$(r 'd["asyncio"]["ticks_during_refresh"]')"
 refresh_ms="$(r 'd["asyncio"]["refresh_ms"]')"
 [[ "$ticks" -ge 3 ]] || fail "the event loop ticked $ticks times during a ${refresh_ms} ms refresh: blocked"
 [[ "$(r 'd["invalidate"]')" == '{"helper_runs": 1, "new_token": true}' ]] || fail "invalidate: $(r 'd["invalidate"]')"
-[[ "$(r 'd["repr_hides_token"]')" == "True" ]] || fail "Token's repr shows the token"
+[[ "$(r 'd["repr_hides_token"]')" == "true" ]] || fail "Token's repr shows the token"
 [[ "$(stats rejected)" -eq 0 ]] || fail "the upstream rejected $(stats rejected) requests"
 note "openai $OPENAI_PY_VERSION AzureOpenAI: $REQUESTS requests, $calls provider calls, $runs helper runs over ${elapsed}s (tokens live ${LIFETIME_S}s); 16 threads -> 1 run; 16 tasks -> 1 run (loop ticked $ticks times in $refresh_ms ms)"
 

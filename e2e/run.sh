@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python packages copilot-sdk claude-code github-actions nginx-h2 image workflows)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python packages copilot-sdk claude-code github-actions action-install nginx-h2 image workflows)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi

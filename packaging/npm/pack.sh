@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
-# Builds the npm packages from a tokenrelay binary: the platform package
-# @tokenrelay/<platform>-<arch> (the binary alone, with "os" and "cpu" so npm installs only the
-# matching one) and, with --main, the main package `tokenrelay` (launcher, providers, types).
-# Writes the .tgz files to OUTDIR and prints their paths.
+# Builds the npm packages: `platform` packs @tokenrelay/<platform>-<arch> around a tokenrelay
+# binary (the binary alone, with "os" and "cpu" so npm installs only the matching one); `main`
+# packs `tokenrelay` (launcher, providers, types; its optionalDependencies name the four
+# platform packages). Writes the .tgz to OUTDIR and prints its name.
 #
-# Usage: packaging/npm/pack.sh [--main] BINARY PLATFORM ARCH OUTDIR
+# Usage: packaging/npm/pack.sh platform BINARY PLATFORM ARCH OUTDIR
+#        packaging/npm/pack.sh main OUTDIR
 #   PLATFORM/ARCH as Node names them: linux x64, linux arm64, darwin x64, darwin arm64.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-main=0
-if [[ "${1:-}" == "--main" ]]; then
-    main=1
-    shift
-fi
-[[ $# -eq 4 ]] || {
-    echo "usage: pack.sh [--main] BINARY PLATFORM ARCH OUTDIR" >&2
+usage() {
+    echo "usage: pack.sh platform BINARY PLATFORM ARCH OUTDIR | pack.sh main OUTDIR" >&2
     exit 2
 }
-bin="$1" platform="$2" arch="$3" out="$4"
-[[ -x "$bin" ]] || {
-    echo "pack.sh: $bin is not an executable" >&2
-    exit 2
-}
+mode="${1:-}"
+case "$mode" in
+    platform)
+        [[ $# -eq 5 ]] || usage
+        bin="$2" platform="$3" arch="$4" out="$5"
+        [[ -x "$bin" ]] || {
+            echo "pack.sh: $bin is not an executable" >&2
+            exit 2
+        }
+        ;;
+    main)
+        [[ $# -eq 2 ]] || usage
+        out="$2"
+        ;;
+    *) usage ;;
+esac
 version="$(node -p 'require(process.argv[1]).version' "$here/tokenrelay/package.json")"
 cargo_version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -1)"
 [[ "$version" == "$cargo_version" ]] || {
@@ -34,7 +41,14 @@ out="$(cd "$out" && pwd)"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 
-# The platform package.
+if [[ "$mode" == "main" ]]; then
+    m="$stage/main"
+    cp -r "$here/tokenrelay" "$m"
+    cp "$root/LICENSE-MIT" "$root/LICENSE-APACHE" "$m/"
+    (cd "$out" && npm pack --silent "$m")
+    exit 0
+fi
+
 p="$stage/$platform-$arch"
 mkdir -p "$p/bin"
 cp "$bin" "$p/bin/tokenrelay"
@@ -56,10 +70,3 @@ JSON
 printf '# @tokenrelay/%s-%s\n\nThe `tokenrelay` binary for %s-%s. Install `tokenrelay` instead; it depends on this.\n' \
     "$platform" "$arch" "$platform" "$arch" >"$p/README.md"
 (cd "$out" && npm pack --silent "$p")
-
-if [[ $main -eq 1 ]]; then
-    m="$stage/main"
-    cp -r "$here/tokenrelay" "$m"
-    cp "$root/LICENSE-MIT" "$root/LICENSE-APACHE" "$m/"
-    (cd "$out" && npm pack --silent "$m")
-fi
