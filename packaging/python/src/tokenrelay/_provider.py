@@ -178,6 +178,9 @@ class TokenProvider:
         Raises `TokenRelayError` with the helper's one-line cause when no valid token can be had.
         """
         key = self._key(args)
+        token = self._fresh(key)
+        if token is not None:
+            return token
         token, fut, owner = self._claim(key)
         if token is not None:
             return token
@@ -202,6 +205,18 @@ class TokenProvider:
         if self._provider is not None or not self._by_name:
             return self._provider
         return _provider_name(args)
+
+    def _fresh(self, key: Optional[str]) -> Optional[Token]:
+        """The warm path, without the lock: the token when it is not due. Each attribute read is
+        atomic; a token replaced between the two reads is still checked against its own expiry."""
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        t = e.token
+        now = time.time()
+        if t is not None and now < e.next_run and (t.expires_on is None or now < t.expires_on):
+            return t
+        return None
 
     def _claim(self, key: Optional[str]) -> "tuple[Optional[Token], Optional[Future[Token]], bool]":
         """Under the lock: a token to return now, or the future to wait on (and whether this
@@ -323,6 +338,9 @@ class AsyncTokenProvider:
         """As `TokenProvider.get_token`, without blocking the event loop."""
         inner = self._inner
         key = inner._key(args)
+        token = inner._fresh(key)
+        if token is not None:
+            return token
         token, fut, owner = inner._claim(key)
         if token is not None:
             return token
