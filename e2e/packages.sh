@@ -13,6 +13,15 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 e2e_init packages
 command -v node >/dev/null || fail "node is not installed"
+
+# The providers' unit tests (stand-in helper; packaging/python/tests, packaging/npm/test).
+timeout 300 python3 -m unittest discover -s "$ROOT/packaging/python/tests" >"$WORK/unit-py.log" 2>&1 ||
+    fail "Python provider unit tests: $(tail -20 "$WORK/unit-py.log")"
+timeout 300 node --test "$ROOT/packaging/npm/test/" >"$WORK/unit-js.log" 2>&1 ||
+    fail "npm provider unit tests: $(grep -A20 '^not ok' "$WORK/unit-js.log" | head -30)"
+unit_py="$(sed -n 's/^Ran \([0-9]*\) tests.*/\1/p' "$WORK/unit-py.log")"
+unit_js="$(sed -n 's/^# pass \([0-9]*\)/\1/p' "$WORK/unit-js.log")"
+note "provider unit tests: $unit_py Python, $unit_js Node passed"
 build_packages
 note "built $(basename "$WHEEL") $(basename "$NPM_MAIN") $(basename "$NPM_PLATFORM")"
 
@@ -103,4 +112,4 @@ bench="$(norust env E2E_FAKES="$E2E_FAKES" E2E_FIX="$FIX" "$venv/bin/python" "$F
     fail "provider_bench.py failed"
 warm_us="$(echo "$bench" | json - 'd["warm_call_us"]')"
 proc_ms="$(echo "$bench" | json - 'd["helper_process_ms"]')"
-summary "wheel + npm tarballs installed with no Rust on PATH, demo --once from pip, npm and npx; AzureOpenAI: $REQUESTS requests cost $runs helper runs over ${elapsed}s (${LIFETIME_S}s tokens), 0 failures; threads/asyncio: 1 run per 16 cold callers; warm provider call ${warm_us} us vs helper process ${proc_ms} ms"
+summary "provider unit tests $unit_py + $unit_js; wheel + npm tarballs installed with no Rust on PATH, demo --once from pip, npm and npx; AzureOpenAI: $REQUESTS requests cost $runs helper runs over ${elapsed}s (${LIFETIME_S}s tokens), 0 failures; threads/asyncio: 1 run per 16 cold callers; warm provider call ${warm_us} us vs helper process ${proc_ms} ms"
