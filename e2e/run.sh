@@ -3,7 +3,8 @@
 # Python SDK, Copilot SDK, Claude Code, the GitHub Actions composite action) and HTTP/2 and
 # HTTP/1.1 over TLS to a real nginx, after building the release binary; then the packages
 # (wheel, npm tarballs, their providers under the OpenAI Python SDK and the Copilot SDK), the
-# container image (buildah + podman) and the workflow linters (actionlint, zizmor). Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
+# container image (buildah + podman), the workflow linters (actionlint, zizmor) and the
+# crates as cargo package builds them. Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
 # Ends with the line `N passed, M failed` (`, K skipped` when some skipped); exits non-zero
 # when any failed.
 #
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python packages copilot-sdk claude-code github-actions action-install nginx-h2 image workflows)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python packages copilot-sdk claude-code github-actions action-install nginx-h2 image workflows crates)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi
