@@ -15,7 +15,7 @@ command -v node >/dev/null || fail "node is not installed"
 build_packages
 
 LIFETIME_S=6
-ROUNDS=6
+ROUNDS=10
 TURNS=3 # each round: 3 scripted tool turns, so 4 model requests
 start_fakes "${LIFETIME_S}s"
 

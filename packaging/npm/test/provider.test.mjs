@@ -125,6 +125,19 @@ test("tokens without expiry are asked for every time; invalidate re-runs with --
   f.done();
 });
 
+test("invalidate during a run drops that run's token", async () => {
+  const f = fake();
+  f.plan({ sleep: 0.4 });
+  const p = bearerTokenProvider({ command: "c", binary: f.bin });
+  const first = p();
+  await sleep(200);
+  p.invalidate();
+  assert.equal(await first, "tok-1");
+  assert.equal(await p(), "tok-2");
+  assert.ok(f.runs()[1].includes("--invalidate"));
+  f.done();
+});
+
 test("the SDK's providerName selects the config table; a flag source ignores it", async () => {
   const f = fake();
   const p = azureADTokenProvider({ config: "/etc/t.toml", binary: f.bin });

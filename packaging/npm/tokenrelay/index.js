@@ -105,7 +105,8 @@ export function bearerTokenProvider(options = {}) {
   const entry = (key) => {
     let e = entries.get(key);
     if (!e) {
-      e = { token: undefined, nextRun: 0, failures: 0, inflight: undefined, invalidate: false };
+      // generation: bumped by invalidate(); a run started before it must not put its token back.
+      e = { token: undefined, nextRun: 0, failures: 0, inflight: undefined, invalidate: false, generation: 0 };
       entries.set(key, e);
     }
     return e;
@@ -148,10 +149,12 @@ export function bearerTokenProvider(options = {}) {
   // after a failure (retried after a backoff), or rejects when no valid token is left.
   const fill = (key) => {
     const e = entry(key);
+    const generation = e.generation;
     const p = run(key, e.invalidate).then(
       (t) => {
         const now = Date.now();
         e.inflight = undefined;
+        if (e.generation !== generation) return t; // invalidated meanwhile: not kept
         e.invalidate = false;
         e.token = t;
         if (t.expiresOnTimestamp === undefined) {
@@ -206,6 +209,7 @@ export function bearerTokenProvider(options = {}) {
     e.token = undefined;
     e.nextRun = 0;
     e.invalidate = true;
+    e.generation += 1;
   };
   return fn;
 }

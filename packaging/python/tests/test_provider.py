@@ -147,6 +147,17 @@ class ProviderTests(unittest.TestCase):
         self.assertEqual(p(), "tok-2")  # from the provider again: no third run
         self.assertEqual(len(self.fake.runs()), 2)
 
+    def test_invalidate_during_a_run_drops_its_token(self) -> None:
+        self.fake.plan(lifetime=60, refresh=40, sleep=0.4)
+        p = self.provider()
+        t = threading.Thread(target=p)
+        t.start()
+        time.sleep(0.2)
+        p.invalidate()  # the 401 came while tok-1 was being fetched: it may be the bad one
+        t.join(10)
+        self.assertEqual(p(), "tok-2")
+        self.assertIn("--invalidate", self.fake.runs()[1])
+
     def test_sdk_provider_name_selects_the_config_table(self) -> None:
         p = bearer_token_provider(config="/etc/t.toml", binary=self.fake.path)
         self.assertEqual(p({"provider_name": "alpha", "session_id": "s"}), "tok-1")

@@ -71,6 +71,8 @@ class _Entry:
     failures: int = 0
     inflight: Optional["Future[Token]"] = None
     invalidate: bool = False
+    #: Bumped by invalidate(): a run started before it must not put its token back.
+    generation: int = 0
 
 
 def _find_binary() -> str:
@@ -198,6 +200,7 @@ class TokenProvider:
             e.token = None
             e.next_run = 0.0
             e.invalidate = True
+            e.generation += 1
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -257,7 +260,8 @@ class TokenProvider:
         """Runs the helper once and settles `fut` (never raises)."""
         fut.set_running_or_notify_cancel()
         with self._lock:
-            invalidate = self._entries.setdefault(key, _Entry()).invalidate
+            e = self._entries.setdefault(key, _Entry())
+            invalidate, generation = e.invalidate, e.generation
         try:
             token = self._run(key, invalidate)
         except BaseException as exc:  # settle waiters whatever happened
@@ -279,6 +283,11 @@ class TokenProvider:
         with self._lock:
             e = self._entries.setdefault(key, _Entry())
             e.inflight = None
+            if e.generation != generation:
+                # invalidate() was called while this run went on: its token may be the rejected
+                # one, so it is not kept; the next call runs the helper with --invalidate.
+                fut.set_result(token)
+                return
             e.invalidate = False
             e.token = token
             if token.expires_on is None:
@@ -295,7 +304,9 @@ class TokenProvider:
         fut.set_result(token)
 
     def _run(self, key: Optional[str], invalidate: bool) -> Token:
-        binary = self._binary or _find_binary()
+        if self._binary is None:
+            self._binary = _find_binary()
+        binary = self._binary
         argv = [binary, "token", "--output", "json", *self._argv]
         if key is not None:
             argv += ["--provider", key]
