@@ -22,6 +22,23 @@ if [[ -z "${TOKENRELAY_BIN:-}" ]]; then
     cargo build --release --quiet -p tokenrelay-cli
 fi
 
+# The packages' static binary, wheel and npm tarballs, once and outside the per-test time limit
+# (a cold static release build takes minutes); the tests that use them rebuild nothing.
+for t in "${TESTS[@]}"; do
+    case $t in
+        packages | copilot-sdk | image)
+            echo "== e2e: build the packages (crt-static binary, wheel, npm tarballs)"
+            (
+                # shellcheck source=e2e/lib.sh
+                source e2e/lib.sh
+                E2E_NAME=build
+                build_packages
+            )
+            break
+            ;;
+    esac
+done
+
 passed=0
 failed=0
 skipped=0
