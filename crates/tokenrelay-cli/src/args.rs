@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use tokenrelay::config::{
-    CommandConfig, Config, EnvConfig, FileConfig, Inject, ProviderConfig, SourceConfig,
+    CommandConfig, Config, EnvConfig, FileConfig, ProviderConfig, SourceConfig,
 };
+use tokenrelay::inject::Style;
 use tokenrelay::source::output::OutputFormat;
 use tokenrelay::source::{ProcessEnv, SharedEnv};
 
@@ -48,8 +49,8 @@ pub(crate) struct ProviderArgs {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// How to inject the token (proxy): bearer, api-key, x-api-key, header:NAME[:TEMPLATE].
-    #[arg(long, value_parser = Inject::parse_name, value_name = "STYLE")]
-    pub inject: Option<Inject>,
+    #[arg(long, value_parser = Style::parse_name, value_name = "STYLE")]
+    pub inject: Option<Style>,
     /// Extra header set on every upstream request, `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
@@ -81,26 +82,23 @@ impl ProviderArgs {
         }
         let format = self.format.unwrap_or_default();
         Ok(if let Some(cmd) = &self.token_command {
-            Some(SourceConfig::Command(CommandConfig {
-                command: Some(cmd.clone()),
-                args: None,
-                format,
-                timeout: self.timeout,
-                default_ttl: self.default_ttl,
-            }))
+            let mut c = CommandConfig::default();
+            c.command = Some(cmd.clone());
+            c.format = format;
+            c.timeout = self.timeout;
+            c.default_ttl = self.default_ttl;
+            Some(SourceConfig::Command(c))
         } else if let Some(path) = &self.token_file {
-            Some(SourceConfig::File(FileConfig {
-                path: path.clone(),
-                format,
-                default_ttl: self.default_ttl,
-            }))
+            let mut c = FileConfig::new(path.clone());
+            c.format = format;
+            c.default_ttl = self.default_ttl;
+            Some(SourceConfig::File(c))
         } else {
             self.token_env.as_ref().map(|name| {
-                SourceConfig::Env(EnvConfig {
-                    name: name.clone(),
-                    format,
-                    default_ttl: self.default_ttl,
-                })
+                let mut c = EnvConfig::new(name.clone());
+                c.format = format;
+                c.default_ttl = self.default_ttl;
+                SourceConfig::Env(c)
             })
         })
     }
@@ -113,7 +111,9 @@ impl ProviderArgs {
                 "--config and --token-command/--token-file/--token-env are exclusive",
             )),
             (Some(path), None) => {
+                self.refuse_ignored_flags()?;
                 let mut cfg = Config::from_file(path)?;
+                self.refuse_untaken_source_flags(&cfg)?;
                 for p in &mut cfg.providers {
                     self.apply_overrides(p);
                 }
@@ -130,39 +130,19 @@ impl ProviderArgs {
                     })?;
                     headers.insert(k.trim().to_owned(), v.trim().to_owned());
                 }
-                let cfg = Config {
-                    listen: None,
-                    admin_listen: None,
-                    local_key_env: None,
-                    local_key_file: None,
-                    ca_bundle: self.ca_bundle.clone(),
-                    allowed_hosts: Vec::new(),
-                    allowed_origins: Vec::new(),
-                    header_read_timeout: None,
-                    idle_timeout: None,
-                    max_connections: None,
-                    providers: vec![ProviderConfig {
-                        name: self.provider.clone().unwrap_or_else(|| "default".into()),
-                        upstream: self.upstream.clone(),
-                        inject: self.inject.clone().unwrap_or_default(),
-                        scope: self.scope.clone(),
-                        path_prefix: None,
-                        listen: None,
-                        headers,
-                        retry_on: if self.retry_on.is_empty() {
-                            vec![401]
-                        } else {
-                            self.retry_on.clone()
-                        },
-                        min_remaining: self.min_remaining,
-                        upstream_timeout: None,
-                        min_refresh_interval: None,
-                        error_style: None,
-                        aws_region: None,
-                        aws_service: None,
-                        source,
-                    }],
-                };
+                let name = self.provider.clone().unwrap_or_else(|| "default".into());
+                let mut p = ProviderConfig::new(name, source);
+                p.upstream.clone_from(&self.upstream);
+                p.inject = self.inject.clone().unwrap_or_default();
+                p.scope.clone_from(&self.scope);
+                p.headers = headers;
+                if !self.retry_on.is_empty() {
+                    p.retry_on.clone_from(&self.retry_on);
+                }
+                p.min_remaining = self.min_remaining;
+                let mut cfg = Config::default();
+                cfg.ca_bundle.clone_from(&self.ca_bundle);
+                cfg.providers = vec![p];
                 cfg.validate("flags")?;
                 Ok(cfg)
             }
@@ -173,6 +153,53 @@ impl ProviderArgs {
     }
 
     /// Flags that refine a config file's providers.
+    /// With `--config`, the flags that only describe a flag-defined provider would be ignored:
+    /// a usage error names them (a silently dropped `--upstream` sends requests elsewhere).
+    fn refuse_ignored_flags(&self) -> Result<(), Failure> {
+        let ignored: Vec<&str> = [
+            (self.upstream.is_some(), "--upstream"),
+            (self.inject.is_some(), "--inject"),
+            (!self.headers.is_empty(), "--header"),
+            (!self.retry_on.is_empty(), "--retry-on"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if ignored.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::usage(format!(
+            "{} describe a provider given by flags and would be ignored with --config; set them in the config file's [[provider]] table",
+            ignored.join(", ")
+        )))
+    }
+
+    /// `--format`, `--timeout` and `--default-ttl` override command, file and env sources;
+    /// given with a config that has none, they would be ignored: a usage error.
+    fn refuse_untaken_source_flags(&self, cfg: &Config) -> Result<(), Failure> {
+        let given: Vec<&str> = [
+            (self.format.is_some(), "--format"),
+            (self.timeout.is_some(), "--timeout"),
+            (self.default_ttl.is_some(), "--default-ttl"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        let takes = cfg.providers.iter().any(|p| {
+            matches!(
+                p.source,
+                SourceConfig::Command(_) | SourceConfig::Env(_) | SourceConfig::File(_)
+            )
+        });
+        if given.is_empty() || takes {
+            return Ok(());
+        }
+        Err(Failure::usage(format!(
+            "{} apply to command, file and env sources, and the config has none; set the source's own keys in the config file",
+            given.join(", ")
+        )))
+    }
+
     fn apply_overrides(&self, p: &mut ProviderConfig) {
         if let Some(scope) = &self.scope {
             p.scope = Some(scope.clone());

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use tokenrelay::config::Inject;
+use tokenrelay::inject::Style;
 use tokenrelay::proxy::{Proxy, ProxyOptions, DEFAULT_REPLAY_LIMIT, DEFAULT_SHUTDOWN_GRACE};
 use tokenrelay::Secret;
 
@@ -166,10 +166,10 @@ pub(crate) async fn serve(a: ServeArgs) -> CmdResult {
 }
 
 /// `COPILOT_PROVIDER_TYPE` matching a provider's injection style.
-fn copilot_type(inject: &Inject) -> &'static str {
+fn copilot_type(inject: &Style) -> &'static str {
     match inject {
-        Inject::ApiKey => "azure",
-        Inject::XApiKey => "anthropic",
+        Style::ApiKey => "azure",
+        Style::XApiKey => "anthropic",
         _ => "openai",
     }
 }

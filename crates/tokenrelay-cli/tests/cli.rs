@@ -190,6 +190,35 @@ fn token_from_config_with_provider() {
     let (code, _, err) = run(bin().args(["token", "--config"]).arg(&cfg));
     assert_eq!(code, 2);
     assert!(err.contains("--provider"), "{err}");
+    // Flags that --config would ignore are usage errors naming them.
+    let (code, _, err) = run(bin()
+        .args([
+            "token",
+            "--provider",
+            "a",
+            "--upstream",
+            "https://x",
+            "--header",
+            "a: b",
+            "--config",
+        ])
+        .arg(&cfg));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--upstream, --header") && err.contains("ignored"),
+        "{err}"
+    );
+    let only_static = dir.path().join("static.toml");
+    std::fs::write(
+        &only_static,
+        "[[provider]]\nname = \"s\"\n[provider.source]\nkind = \"static\"\nvalue_env = \"S_TOKEN\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(bin()
+        .args(["token", "--timeout", "5s", "--config"])
+        .arg(&only_static));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--timeout"), "{err}");
     let (code, out, _) = run(bin()
         .args(["check", "--json", "--config"])
         .arg(&cfg)

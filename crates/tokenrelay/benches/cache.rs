@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
-use tokenrelay::config::Inject;
+use tokenrelay::inject::Style as Inject;
 use tokenrelay::{Cache, CacheEntry, Result, Secret, Source, Token, TokenRequest};
 
 /// A source whose tokens live an hour, so a benchmark never reaches the refresh window.

@@ -26,6 +26,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::inject::Style;
+use crate::proxy::builder::{check_name, check_prefix, parse_header, parse_retry_status};
+use crate::proxy::Upstream;
 use crate::secret::Secret;
 use crate::source::output::OutputFormat;
 use crate::source::{
@@ -67,8 +70,9 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Listener for the proxy (default [`DEFAULT_LISTEN`]).
     #[serde(default)]
@@ -112,6 +116,7 @@ pub struct Config {
 /// One upstream and the identity that authenticates to it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ProviderConfig {
     /// Unique name (letters, digits, `-`, `_`).
     pub name: String,
@@ -120,7 +125,7 @@ pub struct ProviderConfig {
     pub upstream: Option<String>,
     /// How the token is put on requests (default `bearer`).
     #[serde(default)]
-    pub inject: Inject,
+    pub inject: Style,
     /// Scope asked of the source, forwarded verbatim.
     #[serde(default)]
     pub scope: Option<String>,
@@ -163,6 +168,30 @@ fn default_retry_on() -> Vec<u16> {
     vec![401]
 }
 
+impl ProviderConfig {
+    /// A provider called `name` with tokens from `source` and every other key at its default
+    /// (as a `[[provider]]` table with only `name` and `[provider.source]`).
+    pub fn new(name: impl Into<String>, source: SourceConfig) -> Self {
+        ProviderConfig {
+            name: name.into(),
+            upstream: None,
+            inject: Style::default(),
+            scope: None,
+            path_prefix: None,
+            listen: None,
+            headers: BTreeMap::new(),
+            retry_on: default_retry_on(),
+            min_remaining: None,
+            upstream_timeout: None,
+            min_refresh_interval: None,
+            error_style: None,
+            aws_region: None,
+            aws_service: None,
+            source,
+        }
+    }
+}
+
 /// The JSON shape of the proxy's own error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -171,108 +200,6 @@ pub enum ErrorStyle {
     Openai,
     /// `{"type": "error", "error": {"type", "message"}}`
     Anthropic,
-}
-
-/// How a token is attached to upstream requests.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(try_from = "InjectRepr")]
-pub enum Inject {
-    /// `Authorization: Bearer <token>`
-    #[default]
-    Bearer,
-    /// `api-key: <token>` (Azure OpenAI)
-    ApiKey,
-    /// `x-api-key: <token>` (Anthropic)
-    XApiKey,
-    /// AWS Signature Version 4 with the source's AWS credentials (Bedrock); the request body
-    /// must fit the replay buffer, since the signature covers its hash.
-    AwsSigV4,
-    /// A custom header whose value is `template` with `{token}` replaced.
-    Header {
-        /// Header name.
-        header: String,
-        /// Value template containing `{token}`.
-        template: String,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum InjectRepr {
-    Named(String),
-    Custom {
-        header: String,
-        #[serde(default)]
-        template: Option<String>,
-    },
-}
-
-impl TryFrom<InjectRepr> for Inject {
-    type Error = String;
-    fn try_from(r: InjectRepr) -> std::result::Result<Self, String> {
-        match r {
-            InjectRepr::Named(n) => Inject::parse_name(&n),
-            InjectRepr::Custom { header, template } => {
-                let template = template.unwrap_or_else(|| "{token}".into());
-                if !template.contains("{token}") {
-                    return Err(format!("inject template {template:?} has no {{token}}"));
-                }
-                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    return Err(format!(
-                        "inject header {header:?} is not a valid header name"
-                    ));
-                }
-                Ok(Inject::Header { header, template })
-            }
-        }
-    }
-}
-
-impl Inject {
-    /// Parses `bearer`, `api-key`, `x-api-key`, or `header:NAME` (value = token) /
-    /// `header:NAME:TEMPLATE`.
-    ///
-    /// # Errors
-    /// The accepted forms.
-    pub fn parse_name(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "bearer" => Ok(Inject::Bearer),
-            "api-key" => Ok(Inject::ApiKey),
-            "x-api-key" => Ok(Inject::XApiKey),
-            "aws-sigv4" => Ok(Inject::AwsSigV4),
-            other => {
-                if let Some(rest) = other.strip_prefix("header:") {
-                    let (header, template) = match rest.split_once(':') {
-                        Some((h, t)) => (h.to_owned(), Some(t.to_owned())),
-                        None => (rest.to_owned(), None),
-                    };
-                    return Inject::try_from(InjectRepr::Custom { header, template });
-                }
-                Err(format!(
-                    "unknown inject style {other:?} (expected bearer, api-key, x-api-key, aws-sigv4 or header:NAME[:TEMPLATE])"
-                ))
-            }
-        }
-    }
-
-    /// The header this style sets.
-    pub fn header_name(&self) -> &str {
-        match self {
-            Inject::Bearer | Inject::AwsSigV4 => "authorization",
-            Inject::ApiKey => "api-key",
-            Inject::XApiKey => "x-api-key",
-            Inject::Header { header, .. } => header,
-        }
-    }
-
-    /// The header value for `token`.
-    pub fn header_value(&self, token: &str) -> String {
-        match self {
-            Inject::Bearer => format!("Bearer {token}"),
-            Inject::ApiKey | Inject::XApiKey | Inject::AwsSigV4 => token.to_owned(),
-            Inject::Header { template, .. } => template.replace("{token}", token),
-        }
-    }
 }
 
 /// Where a provider's token comes from; the `kind` key selects the variant and the other
@@ -313,6 +240,7 @@ pub enum SourceConfig {
 /// A value read once at start-up from `value_env` or `value_file`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StaticConfig {
     /// Variable holding the value.
     #[serde(default)]
@@ -325,6 +253,7 @@ pub struct StaticConfig {
 /// An environment variable, read at each acquisition.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct EnvConfig {
     /// Variable name.
     pub name: String,
@@ -336,9 +265,21 @@ pub struct EnvConfig {
     pub default_ttl: Option<Duration>,
 }
 
+impl EnvConfig {
+    /// The variable `name`, auto-detected format, default lifetime.
+    pub fn new(name: impl Into<String>) -> Self {
+        EnvConfig {
+            name: name.into(),
+            format: OutputFormat::default(),
+            default_ttl: None,
+        }
+    }
+}
+
 /// A file, re-read when it changes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FileConfig {
     /// Path.
     pub path: PathBuf,
@@ -350,9 +291,21 @@ pub struct FileConfig {
     pub default_ttl: Option<Duration>,
 }
 
+impl FileConfig {
+    /// The file at `path`, auto-detected format, default lifetime.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileConfig {
+            path: path.into(),
+            format: OutputFormat::default(),
+            default_ttl: None,
+        }
+    }
+}
+
 /// A command's stdout.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CommandConfig {
     /// A shell command line (`sh -c`).
     #[serde(default)]
@@ -590,7 +543,7 @@ impl ProviderConfig {
     /// The error style, defaulted from the inject style.
     pub fn error_style(&self) -> ErrorStyle {
         self.error_style.unwrap_or(match self.inject {
-            Inject::XApiKey => ErrorStyle::Anthropic,
+            Style::XApiKey => ErrorStyle::Anthropic,
             _ => ErrorStyle::Openai,
         })
     }
@@ -647,32 +600,17 @@ impl Config {
         let mut prefixes = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
             let at = format!("{origin}: provider[{i}] ({})", p.name);
-            if p.name.is_empty()
-                || !p
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(Error::config(
-                    format!("{origin}: provider[{i}].name"),
-                    format!("{:?} must be non-empty letters, digits, '-' or '_'", p.name),
-                ));
-            }
+            check_name(&p.name)
+                .map_err(|m| Error::config(format!("{origin}: provider[{i}].name"), m))?;
             if !names.insert(p.name.clone()) {
                 return Err(Error::config(at, "duplicate provider name"));
             }
             if let Some(u) = &p.upstream {
-                validate_upstream(u).map_err(|m| Error::config(format!("{at}.upstream"), m))?;
+                u.parse::<Upstream>()
+                    .map_err(|m| Error::config(format!("{at}.upstream"), m))?;
             }
             if let Some(prefix) = &p.path_prefix {
-                if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-                    return Err(Error::config(
-                        format!("{at}.path_prefix"),
-                        format!(
-                            "{prefix:?} must start with '/' and not end with one (e.g. \"/azure\")"
-                        ),
-                    ));
-                }
+                check_prefix(prefix).map_err(|m| Error::config(format!("{at}.path_prefix"), m))?;
                 if !prefixes.insert(prefix.clone()) {
                     return Err(Error::config(
                         format!("{at}.path_prefix"),
@@ -687,22 +625,11 @@ impl Config {
                 ));
             }
             for status in &p.retry_on {
-                if !(400..=599).contains(status) {
-                    return Err(Error::config(
-                        format!("{at}.retry_on"),
-                        format!("{status} is not a 4xx/5xx status"),
-                    ));
-                }
+                parse_retry_status(*status)
+                    .map_err(|m| Error::config(format!("{at}.retry_on"), m))?;
             }
             for (k, v) in &p.headers {
-                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
-                    || http::HeaderValue::from_str(v).is_err()
-                {
-                    return Err(Error::config(
-                        format!("{at}.headers.{k}"),
-                        "not a valid header name/value",
-                    ));
-                }
+                parse_header(k, v).map_err(|m| Error::config(format!("{at}.headers.{k}"), m))?;
             }
         }
         Ok(())
@@ -746,25 +673,6 @@ impl Config {
     }
 }
 
-/// Checks an upstream base URL: absolute http(s), no query or fragment.
-///
-/// # Errors
-/// What is wrong with it.
-pub fn validate_upstream(u: &str) -> std::result::Result<(), String> {
-    let uri: http::Uri = u.parse().map_err(|e| format!("{u:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("{u:?} must start with http:// or https://")),
-    }
-    if uri.host().is_none() {
-        return Err(format!("{u:?} has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("{u:?} must not have a query string"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,7 +710,7 @@ name = "ANTHROPIC_TOKEN"
         assert_eq!(cfg.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(cfg.providers.len(), 2);
         let az = &cfg.providers[0];
-        assert_eq!(az.inject, Inject::ApiKey);
+        assert_eq!(az.inject, Style::ApiKey);
         assert_eq!(az.retry_on, vec![401, 403]);
         assert_eq!(az.min_remaining, Some(Duration::from_secs(90)));
         assert_eq!(
@@ -812,8 +720,8 @@ name = "ANTHROPIC_TOKEN"
         let an = &cfg.providers[1];
         assert_eq!(
             an.inject,
-            Inject::Header {
-                header: "x-api-key".into(),
+            Style::Header {
+                header: http::HeaderName::from_static("x-api-key"),
                 template: "{token}".into()
             }
         );
@@ -927,17 +835,6 @@ name = "ANTHROPIC_TOKEN"
         for (source, want) in table {
             assert_eq!(vars(source), *want, "{source}");
         }
-    }
-
-    #[test]
-    fn inject_styles() {
-        assert_eq!(Inject::Bearer.header_value("t"), "Bearer t");
-        assert_eq!(Inject::ApiKey.header_name(), "api-key");
-        let custom = Inject::parse_name("header:x-goog-api-key").unwrap();
-        assert_eq!(custom.header_value("t"), "t");
-        let custom = Inject::parse_name("header:Authorization:Token {token}").unwrap();
-        assert_eq!(custom.header_value("t"), "Token t");
-        assert!(Inject::parse_name("header:bad name").is_err());
     }
 
     #[test]

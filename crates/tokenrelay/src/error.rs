@@ -40,9 +40,6 @@ pub enum ErrorKind {
     /// A network failure while talking to an identity provider or plugin.
     #[error("{0}")]
     Transport(String),
-    /// The upstream (model provider) could not be reached or failed.
-    #[error("upstream: {0}")]
-    Upstream(String),
 }
 
 fn idp_detail(error: &Option<String>, description: &Option<String>) -> String {
@@ -104,22 +101,22 @@ impl Error {
     /// Whether trying again later may succeed (timeouts, transport failures, 429 and 5xx).
     pub fn is_retryable(&self) -> bool {
         match &self.kind {
-            ErrorKind::Timeout(_) | ErrorKind::Transport(_) | ErrorKind::Upstream(_) => true,
+            ErrorKind::Timeout(_) | ErrorKind::Transport(_) => true,
             ErrorKind::IdpRejected { status, .. } => *status == 429 || *status >= 500,
             ErrorKind::CommandFailed(_) => true,
             _ => false,
         }
     }
 
-    /// The HTTP status the proxy answers with when this error stops a request:
-    /// 504 for timeouts, 502 for an unreachable or failing upstream, 503 when no credential
-    /// can be had, 500 for configuration errors.
-    pub fn http_status(&self) -> u16 {
+    /// The HTTP status the proxy answers with when this error stops a request: 504 when the
+    /// source timed out, 500 for configuration errors, 503 when no credential can be had
+    /// otherwise. (The upstream's own failures are the proxy's 502 and 504, not errors of
+    /// this type.)
+    pub fn http_status(&self) -> http::StatusCode {
         match &self.kind {
-            ErrorKind::Timeout(_) => 504,
-            ErrorKind::Upstream(_) => 502,
-            ErrorKind::Config(_) => 500,
-            _ => 503,
+            ErrorKind::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Config(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            _ => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -2,6 +2,47 @@
 //!
 //! Keeps LLM API clients authenticated with short-lived credentials for as long as they run.
 //!
+//! ## In your own HTTP client: [`inject::InjectLayer`]
+//!
+//! Wrap the client you already have. Every request then carries a fresh token from a
+//! [`Source`]: the caller's credentials are stripped, the token is injected (bearer, `api-key`,
+//! `x-api-key`, a custom header, or a SigV4 signature), it is refreshed before it has less than
+//! `min_remaining` left, and a request the upstream rejects (401) is replayed once with a new
+//! token, dropping exactly the generation that was rejected.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tokenrelay::inject::{InjectLayer, ReplayBody, Style};
+//! use tokenrelay::source::CommandSource;
+//! use tokenrelay::{Cache, TokenRequest};
+//! use tower::{Layer, ServiceExt};
+//!
+//! // Any tower service over http::Request: hyper-util's client in real use
+//! // (examples/inject_hyper.rs); a stub that echoes the injected header here.
+//! let client = tower::service_fn(|req: http::Request<ReplayBody<Full<Bytes>>>| async move {
+//!     let key = req.headers()["api-key"].clone();
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(key))
+//! });
+//! let entry = Cache::new(Arc::new(CommandSource::shell("echo sk-from-command")))
+//!     .entry(TokenRequest::new("azure"));
+//! let service = InjectLayer::new(entry).style(Style::ApiKey).layer(client);
+//! let req = http::Request::post("https://my-resource.openai.azure.com/openai/v1/chat/completions")
+//!     .header("api-key", "whatever-the-caller-had")
+//!     .body(Full::new(Bytes::from_static(b"{}")))
+//!     .unwrap();
+//! let resp = service.oneshot(req).await.unwrap();
+//! assert_eq!(resp.body(), "sk-from-command");
+//! # });
+//! ```
+//!
+//! With reqwest, the `reqwest-middleware` feature gives [`inject`]`::InjectMiddleware`
+//! (examples/inject_reqwest.rs).
+//!
+//! ## The token itself: [`Cache`]
+//!
 //! A [`Source`] obtains a [`Token`] (run a command, read a file or variable, call an identity
 //! provider); a [`Cache`] holds it, refreshes it in the background before it expires, shares one
 //! acquisition among concurrent callers, and drops exactly the token an upstream rejected
@@ -23,14 +64,22 @@
 //! # }).unwrap();
 //! ```
 //!
-//! The `tokenrelay` command builds three faces on this crate: a credential helper
-//! (`tokenrelay token`) with a cross-process cache ([`persist`]), a local reverse proxy that
-//! injects the token into every request ([`proxy`]), and an offline demo.
+//! ## The sidecar: [`proxy`]
+//!
+//! The same injection in front of any client that takes a base URL: [`proxy::Proxy::builder`]
+//! takes [`proxy::ProviderSpec`]s (an upstream, an `Arc<dyn Source>`, the injection settings),
+//! or a config file converts into it ([`proxy::ProxyBuilder::from_config`]). The `tokenrelay`
+//! command builds three faces on this crate: a credential helper (`tokenrelay token`) with a
+//! cross-process cache ([`persist`]), the proxy (`tokenrelay serve`, `tokenrelay run`), and an
+//! offline demo.
 //!
 //! ## Where things are
+//! - [`inject`]: injection as middleware ([`inject::InjectLayer`], `InjectMiddleware`), the
+//!   inject [`inject::Style`]s and SigV4 signing ([`inject::sign_request`]).
 //! - [`source`]: the [`Source`] trait and built-in sources; [`source::output`] parses what
 //!   commands and files print (raw, JWT, JSON shapes, ExecCredential, AWS credential_process).
 //! - [`cache`]: the refreshing cache and its pure refresh [`cache::policy`].
+//! - [`proxy`]: the sidecar, its builder and validated model.
 //! - [`config`]: the TOML configuration file.
 //! - [`persist`]: the helper's shared, file-locked, 0600 cache.
 //! - [`jwt`]: reading (never verifying) JWT claims.
@@ -49,6 +98,7 @@ pub mod cache;
 mod clock;
 pub mod config;
 mod error;
+pub mod inject;
 pub mod jwt;
 pub mod persist;
 pub mod proxy;
@@ -56,10 +106,8 @@ mod secret;
 pub mod source;
 mod token;
 
-pub use cache::{
-    Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, Invalidation, TokenRef,
-};
-pub use clock::{rfc3339, Clock, ManualClock, SystemClock};
+pub use cache::{Cache, CacheEntry, CacheOptions, CachedToken, EntryStatus, Invalidation};
+pub use clock::{rfc3339, Clock, ManualClock, Sleep, SystemClock, MAX_SLEEP};
 pub use error::{Error, ErrorKind, Result};
 pub use secret::Secret;
 pub use source::{Source, TokenRequest};

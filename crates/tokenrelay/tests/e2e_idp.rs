@@ -103,7 +103,7 @@ async fn moto_sts_assume_role_with_web_identity() {
     let uri: http::Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke"
         .parse()
         .unwrap();
-    let headers = tokenrelay::source::sign_request(
+    let headers = tokenrelay::inject::sign_request(
         &http::Method::POST,
         &uri,
         &http::HeaderMap::new(),

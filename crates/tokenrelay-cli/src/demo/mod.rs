@@ -6,6 +6,7 @@ mod idp;
 mod server;
 mod tool_turns;
 mod upstream;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::server::{json, Body};
-use super::upstream::{data, event, now_s, sse, Api};
+use super::wire::{data, event, now_s, sse, Api};
 
 /// Longest sleep a scripted tool call may ask for.
 const MAX_SLEEP_S: u64 = 30;

@@ -17,15 +17,12 @@
 //! meets a 401 at a known point (a forced, deterministic credential rejection).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{json, Value};
 
@@ -34,6 +31,7 @@ use super::server::{json, Body};
 use super::tool_turns::{
     chat_tool_call, messages_tool_call, responses_tool_call, scripted_revocation, tool_turn,
 };
+use super::wire::{data, event, now_s, sse, Api};
 
 /// Counters the demo and the end-to-end tests read.
 #[derive(Debug, Default)]
@@ -45,17 +43,6 @@ pub(crate) struct Stats {
     pub by_scope: Mutex<BTreeMap<String, u64>>,
     /// Whether the scripted revocation (`e2e-revoke-at-turn=K`) has happened.
     pub scripted_revoked: AtomicBool,
-}
-
-/// Pause between SSE events, so streaming is visible.
-const EVENT_GAP: Duration = Duration::from_millis(25);
-
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Api {
-    Chat,
-    Responses,
-    Messages,
-    Models,
 }
 
 fn route(method: &Method, path: &str) -> Option<Api> {
@@ -144,43 +131,6 @@ fn prompt(api: Api, body: &Value, last_part_only: bool) -> String {
         Api::Models => None,
     };
     p.unwrap_or_default()
-}
-
-pub(super) fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-pub(super) fn sse(events: Vec<String>) -> Response<Body> {
-    let stream =
-        futures_util::stream::unfold(events.into_iter().enumerate(), |mut it| async move {
-            let (i, e) = it.next()?;
-            if i > 0 {
-                tokio::time::sleep(EVENT_GAP).await;
-            }
-            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(e))), it))
-        });
-    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-cache"),
-    );
-    r
-}
-
-pub(super) fn data(v: &Value) -> String {
-    format!("data: {v}\n\n")
-}
-
-pub(super) fn event(name: &str, v: &Value) -> String {
-    format!("event: {name}\ndata: {v}\n\n")
 }
 
 fn words(text: &str) -> Vec<String> {

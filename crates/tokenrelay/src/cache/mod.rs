@@ -85,23 +85,23 @@ impl CachedToken {
 
 /// A token lent by [`CacheEntry::lend_with_min_remaining`] for the length of a call.
 #[derive(Clone, Copy)]
-pub struct TokenRef<'a> {
+pub(crate) struct TokenRef<'a> {
     inner: &'a Arc<Cached>,
 }
 
 impl TokenRef<'_> {
     /// The token.
-    pub fn token(&self) -> &Token {
+    pub(crate) fn token(&self) -> &Token {
         &self.inner.token
     }
 
     /// Which acquisition this token came from (see [`CachedToken::generation`]).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.inner.generation
     }
 
     /// A [`CachedToken`] of it, to keep beyond the call.
-    pub fn to_cached(self) -> CachedToken {
+    pub(crate) fn to_cached(self) -> CachedToken {
         CachedToken {
             inner: self.inner.clone(),
         }
@@ -406,7 +406,7 @@ impl CacheEntry {
     /// token to `f` instead of handing out a [`CachedToken`]. No reference count is touched:
     /// callers on several threads (the proxy's workers, on every request) then do not move
     /// the count's cache line between their CPUs.
-    pub fn lend_with_min_remaining<R>(
+    pub(crate) fn lend_with_min_remaining<R>(
         &self,
         min_remaining: Duration,
         f: impl FnOnce(TokenRef<'_>) -> R,
@@ -772,18 +772,15 @@ impl Drop for ClearFlight<'_> {
 /// failure retries on the backoff schedule. Holds the entry only weakly; ends when it is dropped.
 async fn refresher(weak: Weak<Entry>, wake: Arc<Notify>) {
     loop {
-        let wait = {
+        let sleep = {
             let Some(entry) = weak.upgrade() else { return };
-            let now = entry.clock.now();
-            entry
-                .next_wake()
-                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+            entry.next_wake().map(|at| entry.clock.sleep_until(at))
         };
         let notified = wake.notified();
-        match wait {
-            Some(wait) => {
+        match sleep {
+            Some(sleep) => {
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    () = sleep => {}
                     _ = notified => continue,
                 }
             }

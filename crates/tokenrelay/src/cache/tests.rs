@@ -568,3 +568,34 @@ fn an_acquisition_whose_runtime_went_away_does_not_wedge_the_entry() {
         assert_eq!(secret(&entry.get().await.unwrap()), "tok-1");
     });
 }
+
+/// The background refresher sleeps on the cache's clock: advancing a manual clock past the
+/// refresh time runs it, with no request and no real or tokio time passing.
+#[tokio::test]
+async fn background_refresh_runs_on_the_injected_clock() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let src = Counting::new(&clock, Duration::from_secs(3600));
+    let cache = Cache::new(src.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_options(CacheOptions {
+            background_refresh: true,
+            negative_ttl: Duration::ZERO,
+        });
+    let entry = cache.entry(TokenRequest::new("p"));
+    assert_eq!(secret(&entry.get().await.unwrap()), "tok-1");
+    // Far from the refresh time: the refresher stays asleep.
+    clock.advance(Duration::from_secs(60));
+    tokio::task::yield_now().await;
+    assert_eq!(src.calls(), 1);
+    // Past it (an hour-long token refreshes 5-5.5 min before expiry): the refresher wakes
+    // and refreshes.
+    clock.advance(Duration::from_secs(54 * 60));
+    for _ in 0..200 {
+        if src.calls() == 2 && entry.try_get().is_some_and(|t| secret(&t) == "tok-2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(src.calls(), 2);
+    assert_eq!(secret(&entry.try_get().unwrap()), "tok-2");
+}

@@ -97,7 +97,7 @@ pub(crate) fn respond<B>(state: &State, req: &Request<B>) -> Response<ProxyBody>
                     let s = p.entry.status();
                     json!({
                         "name": &*p.name,
-                        "upstream": p.upstream,
+                        "upstream": p.upstream.as_str(),
                         "path_prefix": p.prefix,
                         "inject": p.inject_header.as_str(),
                         "scope": s.scope,

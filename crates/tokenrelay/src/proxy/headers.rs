@@ -16,13 +16,6 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Credentials a client may have sent; removed so only the injected one reaches upstream.
-static INBOUND_CREDENTIALS: [HeaderName; 3] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("api-key"),
-    HeaderName::from_static("x-api-key"),
-];
-
 /// Prepares an upstream response's headers for the client: hop-by-hop headers removed, and
 /// the upstream's own CORS answer (`Access-Control-*`): whether a web page may read the
 /// answer is the proxy's decision ([`super::guard`]), not the upstream's.
@@ -30,12 +23,10 @@ pub(crate) fn strip_response(h: &mut HeaderMap) {
     strip(h, |n| n.as_str().starts_with("access-control-"));
 }
 
-/// Prepares a client request's headers for upstream: hop-by-hop and `Host` removed, every
-/// inbound credential removed (and the header we inject, whatever it is).
-pub(crate) fn strip_request(h: &mut HeaderMap, injected: &HeaderName) {
-    strip(h, |n| {
-        n == header::HOST || INBOUND_CREDENTIALS.contains(n) || n == injected
-    });
+/// Prepares a client request's headers for upstream: hop-by-hop and `Host` removed. The
+/// client's credentials are the injector's to remove ([`crate::inject`]).
+pub(crate) fn strip_request(h: &mut HeaderMap) {
+    strip(h, |n| n == header::HOST);
 }
 
 /// Removes the hop-by-hop headers, the headers `Connection` names and those `also` picks.
@@ -71,7 +62,7 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
-    fn strips_credentials_and_hop_by_hop() {
+    fn strips_hop_by_hop_and_host() {
         let mut h = HeaderMap::new();
         for (k, v) in [
             ("authorization", "Bearer client"),
@@ -88,10 +79,20 @@ mod tests {
         ] {
             h.append(k, HeaderValue::from_static(v));
         }
-        strip_request(&mut h, &HeaderName::from_static("x-custom-auth"));
+        strip_request(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         left.sort();
-        assert_eq!(left, ["accept", "content-type"]);
+        assert_eq!(
+            left,
+            [
+                "accept",
+                "api-key",
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "x-custom-auth"
+            ]
+        );
     }
 
     #[test]

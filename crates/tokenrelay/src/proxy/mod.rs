@@ -26,6 +26,7 @@
 //! ```
 
 mod admin;
+pub(crate) mod builder;
 mod coalesce;
 mod forward;
 mod guard;
@@ -34,6 +35,7 @@ mod metrics;
 mod server;
 mod upstream;
 
+pub use builder::{ProviderSpec, ProxyBuilder, Upstream};
 pub use server::BoundProxy;
 
 use std::net::SocketAddr;
@@ -46,12 +48,14 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::cache::{Cache, CacheEntry};
+#[cfg(doc)]
+use crate::config::DEFAULT_UPSTREAM_TIMEOUT;
 use crate::config::{
-    Config, ErrorStyle, Inject, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_MIN_REMAINING,
-    DEFAULT_UPSTREAM_TIMEOUT,
+    Config, ErrorStyle, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS,
 };
 use crate::error::{Error, Result};
+use crate::inject::{Injector, Style};
 use crate::secret::Secret;
 use crate::source::{SharedEnv, Source};
 
@@ -128,15 +132,27 @@ impl Default for ProxyOptions {
 /// A config error naming the key.
 pub(crate) fn check_listener_settings(cfg: &Config) -> Result<()> {
     guard::Guard::new(false, &cfg.allowed_hosts, &cfg.allowed_origins)?;
+    check_limits(
+        cfg.header_read_timeout,
+        cfg.idle_timeout,
+        cfg.max_connections,
+    )
+}
+
+fn check_limits(
+    header_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+) -> Result<()> {
     for (key, d) in [
-        ("header_read_timeout", cfg.header_read_timeout),
-        ("idle_timeout", cfg.idle_timeout),
+        ("header_read_timeout", header_read_timeout),
+        ("idle_timeout", idle_timeout),
     ] {
         if d.is_some_and(|d| d.is_zero()) {
             return Err(Error::config(key, "must be more than 0s"));
         }
     }
-    if cfg.max_connections == Some(0) {
+    if max_connections == Some(0) {
         return Err(Error::config("max_connections", "must be at least 1"));
     }
     Ok(())
@@ -145,32 +161,20 @@ pub(crate) fn check_listener_settings(cfg: &Config) -> Result<()> {
 /// One provider at run time.
 pub(crate) struct Provider {
     pub name: Arc<str>,
-    /// The upstream URL as configured, without a trailing `/` (shown by `/status`).
-    pub upstream: String,
-    /// The upstream's scheme and authority, parsed once.
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    /// The upstream's base path without a trailing `/` (may be empty).
-    pub base_path: String,
+    /// The upstream base URL, validated once.
+    pub upstream: Upstream,
     /// `Proxy-Authorization` for a plain-HTTP upstream reached through a forward proxy.
     pub proxy_auth: Option<HeaderValue>,
     pub prefix: Option<String>,
-    pub inject: Inject,
+    /// The header the token goes in (shown by `/status`).
     pub inject_header: HeaderName,
-    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub entry: CacheEntry,
-    pub retry_on: Vec<u16>,
-    pub min_remaining: Duration,
     /// See [`DEFAULT_UPSTREAM_TIMEOUT`].
     pub upstream_timeout: Duration,
-    /// See [`DEFAULT_MIN_REFRESH_INTERVAL`].
-    pub min_refresh_interval: Duration,
     pub style: ErrorStyle,
     /// What each worker thread uses of this provider on every request (see [`Lane`]).
     pub lanes: Box<[Lane]>,
     pub metrics: metrics::ProviderMetrics,
-    /// `(region, service)` when requests are signed with SigV4 instead of carrying a header.
-    pub sigv4: Option<(String, String)>,
 }
 
 impl Provider {
@@ -190,8 +194,9 @@ pub(crate) struct Lane {
     /// This worker's connection pool to the upstream, with its own copies of the upstream's
     /// authority and `Host` header.
     pub client: upstream::UpstreamClient,
-    /// The injected header value of the latest token generation this worker has used.
-    pub header_value: std::sync::Mutex<Option<(u64, HeaderValue)>>,
+    /// This worker's injection rules and the header value of the latest token generation it
+    /// sent.
+    pub injector: Injector,
 }
 
 /// How a listener routes.
@@ -205,7 +210,6 @@ pub(crate) struct Router {
 pub(crate) struct State {
     pub providers: Vec<Arc<Provider>>,
     pub local_key: Option<Secret>,
-    pub replay_limit: usize,
     /// The browser-origin rules.
     pub guard: guard::Guard,
     /// Connection limits and timeouts of every listener.
@@ -233,49 +237,20 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// Splits an upstream URL into scheme, authority and base path (no trailing `/`).
-fn parse_upstream(
-    at: &str,
-    url: &str,
-) -> Result<(http::uri::Scheme, http::uri::Authority, String)> {
-    let bad = |why: &str| Error::config(format!("{at}.upstream"), format!("{url:?} {why}"));
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| bad(&format!("is not a URL: {e}")))?;
-    let scheme = uri
-        .scheme()
-        .filter(|s| matches!(s.as_str(), "http" | "https"))
-        .cloned()
-        .ok_or_else(|| bad("must start with http:// or https://"))?;
-    let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad(
-            "must not carry credentials (user@host); tokenrelay injects them",
-        ));
-    }
-    if uri.query().is_some() {
-        return Err(bad("must not have a query; requests keep their own"));
-    }
-    Ok((
-        scheme,
-        authority,
-        uri.path().trim_end_matches('/').to_owned(),
-    ))
-}
-
 impl Proxy {
-    /// Builds the proxy for every provider in `cfg` (each must have an `upstream`).
+    /// A builder taking providers and sources as values.
+    pub fn builder() -> ProxyBuilder {
+        ProxyBuilder::default()
+    }
+
+    /// Builds the proxy for every provider in `cfg` (each must have an `upstream`):
+    /// [`ProxyBuilder::from_config`] with `opts`.
     ///
     /// # Errors
     /// A config error: a provider without upstream, two root providers on one listener, a
     /// non-loopback listener without a local key, a source that cannot be built.
     pub fn new(cfg: &Config, env: &SharedEnv, opts: ProxyOptions) -> Result<Proxy> {
-        let mut sources = Vec::with_capacity(cfg.providers.len());
-        for (i, p) in cfg.providers.iter().enumerate() {
-            let at = format!("provider[{i}] ({})", p.name);
-            sources.push(p.source.build(&format!("{at}.source"), env)?);
-        }
-        Self::with_sources(cfg, sources, env, opts)
+        ProxyBuilder::from_config(cfg, env)?.options(opts).build()
     }
 
     /// Like [`Proxy::new`], but with the sources given (one per provider, in order) instead
@@ -289,18 +264,46 @@ impl Proxy {
         env: &SharedEnv,
         opts: ProxyOptions,
     ) -> Result<Proxy> {
-        if cfg.providers.is_empty() {
+        ProxyBuilder::from_config_with_sources(cfg, sources, env)?
+            .options(opts)
+            .build()
+    }
+
+    /// The proxy of a builder whose run-time options are merged in.
+    fn assemble(b: ProxyBuilder, opts: ProxyOptions, env: &SharedEnv) -> Result<Proxy> {
+        if b.providers.is_empty() {
             return Err(Error::config("config", "no [[provider]] is configured"));
         }
-        if sources.len() != cfg.providers.len() {
-            return Err(Error::config(
-                "proxy",
-                format!(
-                    "{} sources for {} providers",
-                    sources.len(),
-                    cfg.providers.len()
-                ),
-            ));
+        check_limits(b.header_read_timeout, b.idle_timeout, b.max_connections)?;
+        let mut names = std::collections::HashSet::new();
+        let mut prefixes = std::collections::HashSet::new();
+        for p in &b.providers {
+            if !names.insert(p.name.as_str()) {
+                return Err(Error::config(
+                    format!("provider {}", p.name),
+                    "duplicate provider name",
+                ));
+            }
+            if let Some(prefix) = &p.path_prefix {
+                if !prefixes.insert(prefix.as_str()) {
+                    return Err(Error::config(
+                        format!("provider {}.path_prefix", p.name),
+                        "duplicate path prefix",
+                    ));
+                }
+            }
+            if p.upstream_timeout.is_zero() {
+                return Err(Error::config(
+                    format!("provider {}.upstream_timeout", p.name),
+                    "must be more than 0s",
+                ));
+            }
+            if p.style == Style::AwsSigV4 && p.sigv4.is_none() {
+                return Err(Error::config(
+                    format!("provider {}.aws_region", p.name),
+                    "inject = \"aws-sigv4\" needs a region",
+                ));
+            }
         }
         let workers = opts.workers.max(1);
         let settings = upstream::ClientSettings {
@@ -310,114 +313,55 @@ impl Proxy {
         };
         let egress = upstream::Egress::new(
             settings.connect_timeout,
-            upstream::tls_config(cfg.ca_bundle.as_deref())?,
+            upstream::tls_config(b.ca_bundle.as_deref())?,
             env.as_ref(),
         );
         let mut providers = Vec::new();
-        for ((i, p), source) in cfg.providers.iter().enumerate().zip(sources) {
-            let at = format!("provider[{i}] ({})", p.name);
-            let upstream = p
-                .upstream
-                .as_deref()
-                .ok_or_else(|| {
-                    Error::config(at.clone(), "no upstream URL (upstream = \"https://…\")")
-                })?
-                .trim_end_matches('/')
-                .to_owned();
-            let (scheme, authority, base_path) = parse_upstream(&at, &upstream)?;
+        let mut own_listeners = Vec::new();
+        for (i, p) in b.providers.into_iter().enumerate() {
+            let (scheme, authority) = (p.upstream.scheme(), p.upstream.authority());
+            let entry = Cache::new(p.source.clone()).entry(p.request());
+            let mut injector = Injector::new(entry.clone());
+            injector.set_style(p.style.clone());
+            injector.set_extra_headers(p.headers.clone());
+            injector.set_retry_on(p.retry_on.clone());
+            injector.set_min_remaining(p.min_remaining);
+            injector.set_min_refresh_interval(p.min_refresh_interval);
+            injector.set_replay_limit(opts.replay_limit);
+            if let Some((region, service)) = &p.sigv4 {
+                injector.set_sigv4(region.clone(), service.clone());
+            }
+            injector.set_origin(scheme.clone(), authority.clone());
             let lanes = (0..workers)
                 .map(|_| Lane {
-                    client: upstream::UpstreamClient::new(&egress, &settings, &scheme, &authority),
-                    header_value: std::sync::Mutex::new(None),
+                    client: upstream::UpstreamClient::new(&egress, &settings, scheme, authority),
+                    injector: injector.clone(),
                 })
                 .collect();
-            let proxy_auth = egress.proxy_auth(&scheme, &authority);
-            let entry = Cache::new(source).entry(p.request());
-            let inject_header = HeaderName::from_bytes(p.inject.header_name().as_bytes())
-                .map_err(|e| Error::config(format!("{at}.inject"), e.to_string()))?;
-            let mut extra_headers = Vec::new();
-            for (k, v) in &p.headers {
-                let name = HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|e| Error::config(format!("{at}.headers"), e.to_string()))?;
-                let value = HeaderValue::from_str(v)
-                    .map_err(|e| Error::config(format!("{at}.headers.{k}"), e.to_string()))?;
-                extra_headers.push((name, value));
+            if let Some(addr) = p.listen {
+                own_listeners.push((addr, i));
             }
-            let sigv4 = if p.inject == Inject::AwsSigV4 {
-                let region = p
-                    .aws_region
-                    .clone()
-                    .or_else(|| env.var("AWS_REGION"))
-                    .or_else(|| env.var("AWS_DEFAULT_REGION"))
-                    .ok_or_else(|| {
-                        Error::config(
-                            format!("{at}.aws_region"),
-                            "inject = \"aws-sigv4\" needs a region (aws_region, or AWS_REGION in the environment)",
-                        )
-                    })?;
-                let service = p.aws_service.clone().unwrap_or_else(|| "bedrock".into());
-                Some((region, service))
-            } else {
-                None
-            };
             providers.push(Arc::new(Provider {
                 name: p.name.as_str().into(),
-                upstream,
-                scheme,
-                authority,
-                base_path,
-                proxy_auth,
+                proxy_auth: egress.proxy_auth(scheme, authority),
                 prefix: p.path_prefix.clone(),
-                inject: p.inject.clone(),
-                inject_header,
-                extra_headers,
+                inject_header: p.style.header_name(),
                 entry,
-                retry_on: p.retry_on.clone(),
-                min_remaining: p.min_remaining.unwrap_or(DEFAULT_MIN_REMAINING),
-                upstream_timeout: p.upstream_timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
-                min_refresh_interval: p
-                    .min_refresh_interval
-                    .unwrap_or(DEFAULT_MIN_REFRESH_INTERVAL),
-                style: p.error_style(),
+                upstream_timeout: p.upstream_timeout,
+                style: p.effective_error_style(),
                 lanes,
                 metrics: metrics::ProviderMetrics::new(workers),
-                sigv4,
+                upstream: p.upstream,
             }));
         }
-        let listen = match opts.listen.or(cfg.listen) {
+        let listen = match b.listen {
             Some(a) => a,
             None => DEFAULT_LISTEN
                 .parse()
                 .map_err(|_| Error::config("listen", "bad default"))?,
         };
-        let admin_listen = opts.admin_listen.or(cfg.admin_listen);
-        let own_listeners: Vec<(SocketAddr, usize)> = cfg
-            .providers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.listen.map(|a| (a, i)))
-            .collect();
-        let local_key = match (&opts.local_key, &cfg.local_key_env, &cfg.local_key_file) {
-            (Some(k), _, _) => Some(k.clone()),
-            (None, Some(var), _) => Some(Secret::new(env.var(var).ok_or_else(|| {
-                Error::config(
-                    "local_key_env",
-                    format!("environment variable {var} is not set"),
-                )
-            })?)),
-            (None, None, Some(path)) => Some(Secret::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        Error::config(
-                            "local_key_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?
-                    .trim()
-                    .to_owned(),
-            )),
-            _ => None,
-        };
+        let admin_listen = b.admin_listen;
+        let local_key = b.local_key;
         if local_key.as_ref().is_some_and(Secret::is_empty) {
             return Err(Error::config("local key", "the local key is empty"));
         }
@@ -432,30 +376,15 @@ impl Proxy {
                 ));
             }
         }
-        let hosts: Vec<String> = cfg
-            .allowed_hosts
-            .iter()
-            .chain(&opts.allowed_hosts)
-            .cloned()
-            .collect();
-        let origins: Vec<String> = cfg
-            .allowed_origins
-            .iter()
-            .chain(&opts.allowed_origins)
-            .cloned()
-            .collect();
-        let guard = guard::Guard::new(local_key.is_some(), &hosts, &origins)?;
+        let guard = guard::Guard::new(local_key.is_some(), &b.allowed_hosts, &b.allowed_origins)?;
         let limits = server::Limits {
-            header_read_timeout: cfg
-                .header_read_timeout
-                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
-            idle_timeout: cfg.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            max_connections: cfg.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: b.header_read_timeout.unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: b.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            max_connections: b.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         };
         let state = State {
             providers,
             local_key,
-            replay_limit: opts.replay_limit,
             guard,
             limits,
             listener_metrics: metrics::ListenerMetrics::default(),
@@ -613,7 +542,7 @@ async fn handle(ctx: &server::Ctx, req: Request<Incoming>) -> Response<ProxyBody
         Some((_, strip)) if guard::climbs_above_root(&path[strip..]) => {
             refused(state, style, guard::Refusal::Path)
         }
-        Some((provider, strip)) => forward::forward(state, provider, req, strip, ctx.worker).await,
+        Some((provider, strip)) => forward::forward(provider, req, strip, ctx.worker).await,
     };
     if let Some(origin) = origin {
         guard::add_cors(resp.headers_mut(), origin);

@@ -420,8 +420,8 @@ fn refuse_connection(stream: TcpStream, max: usize) {
 ///
 /// Each connection registers its task's waker once; on shutdown every one is woken and
 /// finds the flag set. A connection's poll costs one atomic load, where hyper-util's
-/// `GracefulShutdown` polls a `watch` channel's change future on every poll (~1% of the
-/// instructions of a proxied request).
+/// `GracefulShutdown` polls a `watch` channel's change future on every poll (the figure is in
+/// docs/benchmarks.md, "What the proxy's own machinery buys").
 #[derive(Default)]
 struct Drain {
     begun: AtomicBool,

@@ -4,8 +4,8 @@
 //!
 //! A client serves one upstream origin, parsed once at start-up, and is given requests with
 //! an origin-form target (`/path?query`): the hot path parses no URL (a general-purpose
-//! client such as reqwest re-parses and IDNA-normalises every URL it is given, which was ~6%
-//! of the proxy's CPU) and builds an absolute one only where the protocol wants it (HTTP/2,
+//! client such as reqwest re-parses and IDNA-normalises every URL it is given; the cost is in
+//! docs/benchmarks.md) and builds an absolute one only where the protocol wants it (HTTP/2,
 //! a forward proxy).
 //!
 //! Connections, per destination:
@@ -208,8 +208,8 @@ impl Attempt {
 /// re-schedule this very task for nothing. The connection is polled with `waker` (its
 /// [`Relay`]), so the network (and a streamed request body) wakes the task, while the
 /// signals `progress` sends the connection (it wants more of the body) only make this loop
-/// poll the connection again. Measured with callgrind against passing them on as wake-ups:
-/// one task poll fewer per proxied request.
+/// poll the connection again: one task poll fewer per proxied request (bench/instructions;
+/// docs/benchmarks.md).
 fn drive<C: Future + Unpin, T>(
     (slot, relay, waker): (&mut Option<C>, &Relay, &Waker),
     cx: &mut Context<'_>,

@@ -1,7 +1,7 @@
 //! AWS STS `AssumeRoleWithWebIdentity`: trade an OIDC token (a Kubernetes/EKS projected token
 //! file, or one minted by another source such as `github-oidc` with audience
 //! `sts.amazonaws.com`) for temporary AWS credentials. The call itself is unsigned; the
-//! credentials then sign upstream requests with SigV4 ([`sign_request`](super::sign_request)).
+//! credentials then sign upstream requests with SigV4 ([`sign_request`](crate::inject::sign_request)).
 //!
 //! Standard variables fill what the config leaves out: `AWS_ROLE_ARN`,
 //! `AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_SESSION_NAME`, `AWS_REGION` (or
@@ -219,6 +219,7 @@ impl Source for AwsWebIdentitySource {
 /// `kind = "aws-web-identity"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AwsWebIdentityConfig {
     /// Role to assume; default `AWS_ROLE_ARN`.
     #[serde(default)]

@@ -120,6 +120,7 @@ impl Source for AzureCliSource {
 /// `kind = "azure-cli"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AzureCliConfig {
     /// Scope when the provider sets none.
     #[serde(default)]

@@ -151,6 +151,7 @@ impl EntraApp {
 /// `kind = "entra-federated"`: every key may come from the standard variables.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct EntraFederatedConfig {
     /// Directory (tenant) id; default `AZURE_TENANT_ID`.
     #[serde(default)]

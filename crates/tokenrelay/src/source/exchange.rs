@@ -102,6 +102,7 @@ impl Source for TokenExchangeSource {
 /// `kind = "token-exchange"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TokenExchangeConfig {
     /// Token endpoint URL.
     pub token_url: String,

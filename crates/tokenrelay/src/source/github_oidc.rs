@@ -183,6 +183,7 @@ impl Source for GithubOidc {
 /// `kind = "github-oidc"`: the raw GitHub Actions OIDC token.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GithubOidcConfig {
     /// `aud` of the token (GitHub's default: the repository owner's URL).
     #[serde(default)]
@@ -220,6 +221,7 @@ impl GithubOidcConfig {
 /// `kind = "github-oidc-entra"`: GitHub OIDC → Entra access token.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GithubOidcEntraConfig {
     /// Directory (tenant) id; default `AZURE_TENANT_ID`.
     #[serde(default)]

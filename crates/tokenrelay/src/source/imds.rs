@@ -143,6 +143,7 @@ impl Source for ManagedIdentitySource {
 /// `kind = "managed-identity"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ManagedIdentityConfig {
     /// User-assigned identity by client id (default: `AZURE_CLIENT_ID` is NOT used, to match
     /// the SDKs' ManagedIdentityCredential; set it here).

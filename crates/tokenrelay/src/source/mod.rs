@@ -50,7 +50,6 @@ pub mod oauth;
 pub mod output;
 pub mod plugin;
 pub mod refresh;
-mod sigv4;
 
 pub use aws::AwsWebIdentitySource;
 pub use azure_cli::{AzureCliConfig, AzureCliSource};
@@ -66,7 +65,6 @@ pub use inputs::{SecretInput, MAX_SECRET_FILE};
 pub use oauth::ClientCredentialsSource;
 pub use plugin::PluginSource;
 pub use refresh::RefreshTokenSource;
-pub use sigv4::sign_request;
 
 /// How long a source may take before it is abandoned (30 s): a command that hangs longer is
 /// killed with its whole process group.

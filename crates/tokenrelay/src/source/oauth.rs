@@ -268,6 +268,7 @@ impl Source for ClientCredentialsSource {
 /// `kind = "oauth2"`: client credentials with a secret or a private-key JWT.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct OAuth2Config {
     /// Token endpoint URL.
     pub token_url: String,

@@ -342,6 +342,7 @@ impl Source for PluginSource {
 /// `kind = "plugin"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PluginConfig {
     /// A shell command line that starts the helper (`sh -c`), as for a command source.
     #[serde(default)]

@@ -223,6 +223,7 @@ impl Source for RefreshTokenSource {
 /// `kind = "refresh-token"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RefreshTokenConfig {
     /// Token endpoint URL.
     pub token_url: String,

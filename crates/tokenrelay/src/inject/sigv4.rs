@@ -35,7 +35,7 @@ use crate::token::AwsCredentials;
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
 /// use tokenrelay::{AwsCredentials, Secret};
-/// use tokenrelay::source::sign_request;
+/// use tokenrelay::inject::sign_request;
 /// let creds = AwsCredentials {
 ///     access_key_id: "AKIDEXAMPLE".into(),
 ///     secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
