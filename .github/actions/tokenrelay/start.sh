@@ -59,17 +59,7 @@ listen="${INPUT_LISTEN:-127.0.0.1:8787}"
 timeout_s="${INPUT_READY_TIMEOUT:-60}"
 tmp="${RUNNER_TEMP:-${TMPDIR:-/tmp}}"
 
-bin="${INPUT_TOKENRELAY:-}"
-if [[ -z "$bin" ]]; then
-    if command -v tokenrelay >/dev/null; then
-        bin="$(command -v tokenrelay)"
-    else
-        repo="$(cd "$GITHUB_ACTION_PATH/../../.." && pwd)"
-        echo "tokenrelay: building from $repo"
-        cargo build --release --locked --quiet --manifest-path "$repo/Cargo.toml" -p tokenrelay-cli
-        bin="$repo/target/release/tokenrelay"
-    fi
-fi
+bin="$(bash "$GITHUB_ACTION_PATH/install.sh")"
 
 # TOML basic strings: escape backslashes and quotes.
 toml() {

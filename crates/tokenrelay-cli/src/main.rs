@@ -2,6 +2,11 @@
 //!
 //! Exit codes: 0 ok; 2 usage or configuration error; 1 runtime failure (one line on stderr).
 
+#[cfg(not(unix))]
+compile_error!(
+    "tokenrelay builds on Unix (Linux, macOS) only; docs/portability.md says what Windows needs"
+);
+
 mod args;
 mod check;
 mod decode;

@@ -128,11 +128,18 @@ pub(crate) async fn shutdown_signal() {
 /// a descriptor, and the usual soft limit (1024) is below the default `max_connections`.
 /// Only `serve` does this; `run` leaves its child the limits it was given.
 fn raise_fd_limit() {
+    /// macOS's per-process open-file ceiling (`OPEN_MAX` in <sys/syslimits.h>).
+    const OPEN_MAX: u64 = 10240;
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < hard {
             if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::debug!(error = %e, soft, hard, "cannot raise the open-file limit");
+                // macOS refuses a soft limit above OPEN_MAX (10240) when the hard one is
+                // unlimited, as Go's runtime found; try that before giving up.
+                let capped = hard.min(OPEN_MAX);
+                if capped <= soft || setrlimit(Resource::RLIMIT_NOFILE, capped, hard).is_err() {
+                    tracing::debug!(error = %e, soft, hard, "cannot raise the open-file limit");
+                }
             }
         }
     }

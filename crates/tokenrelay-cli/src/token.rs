@@ -18,8 +18,11 @@ pub(crate) enum Output {
     /// The token alone, one line.
     #[default]
     Raw,
-    /// `{"token", "expiresOnTimestamp", "source"}`: the token with its expiry in milliseconds,
-    /// for callbacks that want both (a plain-string callback takes `raw`).
+    /// `{"token", "expiresOnTimestamp", "refreshAfterTimestamp", "source"}`: the token with its
+    /// expiry and the time after which the shared cache refreshes it, both in milliseconds since
+    /// the epoch (the names of `@azure/core-auth`'s `AccessToken`), for callbacks that keep the
+    /// token in process until then (a plain-string callback takes `raw`). Both times are absent
+    /// for a token without a known expiry: ask again on every use.
     Json,
     /// A kubectl `client.authentication.k8s.io/v1` ExecCredential.
     ExecCredential,
@@ -92,6 +95,7 @@ fn print(token: &Token, output: Output, kind: &str) -> CmdResult {
             let mut v = json!({ "token": token.secret().expose(), "source": kind });
             if let Some(exp) = token.expiry() {
                 v["expiresOnTimestamp"] = json!(millis(exp));
+                v["refreshAfterTimestamp"] = json!(millis(refresh_after(token, exp)));
             }
             v.to_string()
         }
@@ -112,6 +116,13 @@ fn print(token: &Token, output: Output, kind: &str) -> CmdResult {
     writeln!(out, "{text}")
         .and_then(|()| out.flush())
         .map_err(|e| Failure::runtime(format!("cannot write the token to stdout: {e}")))
+}
+
+/// The latest time the shared cache would refresh `token` (its refresh window without the
+/// jitter, which only moves refreshes earlier): a caller that holds the token until then and
+/// asks again finds the cached entry due, so one source run serves the whole lifetime.
+fn refresh_after(token: &Token, exp: SystemTime) -> SystemTime {
+    tokenrelay::cache::policy::refresh_at(token.acquired(), exp, 0.0)
 }
 
 fn millis(t: SystemTime) -> u64 {

@@ -46,7 +46,10 @@ fn token_prints_and_caches() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["token"], "sk-test-123");
     assert_eq!(v["source"], "command");
-    assert!(v["expiresOnTimestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    let exp = v["expiresOnTimestamp"].as_u64().unwrap();
+    let refresh = v["refreshAfterTimestamp"].as_u64().unwrap();
+    assert!(exp > 1_700_000_000_000);
+    assert!(refresh < exp, "refresh {refresh} before expiry {exp}");
     assert_eq!(
         std::fs::read_to_string(&count).unwrap().lines().count(),
         2,

@@ -86,6 +86,14 @@
 
 #![warn(missing_docs)]
 
+// The command source's process groups, the shared cache's POSIX modes and no-follow opens,
+// and the FIFO-safe file reads are Unix code (Linux and macOS); docs/portability.md lists what
+// Windows would need. Fail the build there with that pointer instead of a wall of errors.
+#[cfg(not(unix))]
+compile_error!(
+    "tokenrelay builds on Unix (Linux, macOS) only; docs/portability.md says what Windows needs"
+);
+
 pub mod cache;
 mod clock;
 pub mod config;
