@@ -90,7 +90,7 @@ async fn hung_call_times_out_and_the_next_call_works() {
         err.to_string(),
         "plugin source `python3`: timed out after 2s"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(15));
     assert!(src.acquire(&req("p", None)).await.is_ok());
 }
 
