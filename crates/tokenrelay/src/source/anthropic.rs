@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::entra::key_or_env;
 use super::google_calls::JWT_BEARER_GRANT;
-use super::http::{parse_token_response, squash, IdpClient, IdpResponse};
+use super::http::{parse_token_response, IdpClient, IdpResponse};
 use super::oauth::check_url;
 use super::SourceConfig;
 use super::{
@@ -117,25 +117,7 @@ impl Source for AnthropicFederatedSource {
 /// An Anthropic API error (`{"type": "error", "error": {"type", "message"}}`) or an OAuth one,
 /// as [`ErrorKind::IdpRejected`] with the error type and message only.
 fn anthropic_rejected(resp: &IdpResponse) -> ErrorKind {
-    let v: Option<Value> = serde_json::from_slice(&resp.body).ok();
-    if let Some(err) = v
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .filter(|e| e.is_object())
-    {
-        let field = |n: &str| {
-            err.get(n)
-                .and_then(Value::as_str)
-                .map(|s| squash(s, 400))
-                .filter(|s| !s.is_empty())
-        };
-        return ErrorKind::IdpRejected {
-            status: resp.status,
-            error: field("type"),
-            description: field("message"),
-        };
-    }
-    super::http::rejected(resp)
+    super::http::rejected_with_error_object(resp, "type")
 }
 
 /// `kind = "anthropic-federated"`.

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::exchange::{TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN};
 use super::google_files::CredentialSource;
-use super::http::{parse_token_response, squash, IdpClient, IdpResponse, TokenResponse};
+use super::http::{parse_token_response, IdpClient, IdpResponse, TokenResponse};
 use super::inputs::SecretInput;
 use super::output::check_token_text;
 use crate::error::{Error, ErrorKind, Result};
@@ -201,25 +201,7 @@ fn invalid(origin: &str, what: &str) -> Error {
 /// A Google API error (`{"error": {"code", "message", "status"}}`) or an OAuth one, as
 /// [`ErrorKind::IdpRejected`] with the status name and message only.
 pub(crate) fn google_rejected(resp: &IdpResponse) -> ErrorKind {
-    let v: Option<Value> = serde_json::from_slice(&resp.body).ok();
-    if let Some(err) = v
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .filter(|e| e.is_object())
-    {
-        let field = |n: &str| {
-            err.get(n)
-                .and_then(Value::as_str)
-                .map(|s| squash(s, 400))
-                .filter(|s| !s.is_empty())
-        };
-        return ErrorKind::IdpRejected {
-            status: resp.status,
-            error: field("status"),
-            description: field("message"),
-        };
-    }
-    super::http::rejected(resp)
+    super::http::rejected_with_error_object(resp, "status")
 }
 
 /// The metadata server's token for the default service account.

@@ -454,6 +454,31 @@ pub fn parse_token_response(
     })
 }
 
+/// The error for a non-2xx answer from an API whose errors are an object under `error`
+/// (Google's `{"error": {"status", "message"}}`, Anthropic's `{"error": {"type", "message"}}`):
+/// its `code` field and `message` (bounded, one line); else as [`rejected`].
+pub(crate) fn rejected_with_error_object(resp: &IdpResponse, code: &str) -> ErrorKind {
+    let v: Option<Value> = serde_json::from_slice(&resp.body).ok();
+    if let Some(err) = v
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .filter(|e| e.is_object())
+    {
+        let field = |n: &str| {
+            err.get(n)
+                .and_then(Value::as_str)
+                .map(|s| squash(s, 400))
+                .filter(|s| !s.is_empty())
+        };
+        return ErrorKind::IdpRejected {
+            status: resp.status,
+            error: field(code),
+            description: field("message"),
+        };
+    }
+    rejected(resp)
+}
+
 /// The error for a non-2xx answer: the OAuth `error` and `error_description` when the body is
 /// an OAuth error object (bounded, one line), nothing from any other body.
 pub fn rejected(resp: &IdpResponse) -> ErrorKind {
