@@ -51,7 +51,8 @@ pub struct AwsWebIdentitySource {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct StsResponse {
-    assume_role_with_web_identity_result: StsResult,
+    #[serde(rename = "AssumeRoleWithWebIdentityResult", alias = "AssumeRoleResult")]
+    result: StsResult,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +85,8 @@ struct StsError {
     message: Option<String>,
 }
 
-/// Parses an STS answer: credentials and expiry, or the `<Error>`'s code and message.
+/// Parses an STS answer (`AssumeRoleWithWebIdentity` or `AssumeRole`): credentials and
+/// expiry, or the `<Error>`'s code and message.
 ///
 /// # Errors
 /// [`ErrorKind::IdpRejected`] for an error answer, [`ErrorKind::InvalidResponse`] for an
@@ -114,10 +116,10 @@ pub fn parse_sts_response(
     }
     let r: StsResponse = quick_xml::de::from_str(text).map_err(|_| {
         ErrorKind::InvalidResponse(format!(
-            "STS answered HTTP {status} without AssumeRoleWithWebIdentityResult credentials"
+            "STS answered HTTP {status} without an AssumeRole…Result holding Credentials"
         ))
     })?;
-    let c = r.assume_role_with_web_identity_result.credentials;
+    let c = r.result.credentials;
     let utc = c.expiration.trim();
     let utc = utc.strip_suffix("+00:00").unwrap_or(utc);
     let expires = humantime::parse_rfc3339_weak(utc).map_err(|_| {
@@ -160,39 +162,82 @@ impl AwsWebIdentitySource {
     }
 }
 
-#[async_trait]
-impl Source for AwsWebIdentitySource {
-    #[tracing::instrument(skip_all, fields(source = %self.describe()))]
-    async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
-        let origin = self.describe();
-        let web_token = self.web_identity_token(req).await?;
-        let duration = self.duration.map(|d| d.as_secs().to_string());
+/// One `AssumeRoleWithWebIdentity` call (unsigned), shared by `aws-web-identity` and the
+/// `aws` source's `web_identity_token_file` profiles.
+pub(crate) struct WebIdentityCall<'a> {
+    /// STS endpoint URL.
+    pub endpoint: &'a str,
+    /// `RoleArn`.
+    pub role_arn: &'a str,
+    /// `RoleSessionName`.
+    pub session_name: &'a str,
+    /// `DurationSeconds`.
+    pub duration_seconds: Option<u64>,
+}
+
+impl WebIdentityCall<'_> {
+    /// Sends the call with `web_token` and makes the token (the session token as its secret,
+    /// the credentials for SigV4).
+    ///
+    /// # Errors
+    /// STS's refusal (code and message), a transport error, an unusable answer; named `origin`.
+    pub(crate) async fn send(
+        &self,
+        http: &IdpClient,
+        origin: &str,
+        web_token: &Secret,
+    ) -> Result<Token> {
+        let duration = self.duration_seconds.map(|d| d.to_string());
         let mut form: Vec<(&str, &str)> = vec![
             ("Action", "AssumeRoleWithWebIdentity"),
             ("Version", "2011-06-15"),
-            ("RoleArn", &self.role_arn),
-            ("RoleSessionName", &self.session_name),
+            ("RoleArn", self.role_arn),
+            ("RoleSessionName", self.session_name),
             ("WebIdentityToken", web_token.expose()),
         ];
         if let Some(d) = &duration {
             form.push(("DurationSeconds", d));
         }
         let now = SystemTime::now();
-        let resp = self
-            .http
-            .send(&origin, |c| c.post(&self.endpoint).form(&form))
+        let resp = http
+            .send(origin, |c| c.post(self.endpoint).form(&form))
             .await?;
         let (creds, expires) =
-            parse_sts_response(resp.status, &resp.body).map_err(|k| Error::new(&*origin, k))?;
-        let session = creds
-            .session_token
-            .clone()
-            .unwrap_or_else(|| creds.secret_access_key.clone());
-        Ok(Token::new(session, origin)
-            .acquired_at(now)
-            .expires_at(expires)
-            .capped_at(now)
-            .with_aws(creds))
+            parse_sts_response(resp.status, &resp.body).map_err(|k| Error::new(origin, k))?;
+        Ok(sts_token(creds, expires, origin, now))
+    }
+}
+
+/// The token for STS credentials: the session token as its secret, expiring at `expires`.
+pub(crate) fn sts_token(
+    creds: AwsCredentials,
+    expires: SystemTime,
+    origin: &str,
+    now: SystemTime,
+) -> Token {
+    let session = creds
+        .session_token
+        .clone()
+        .unwrap_or_else(|| creds.secret_access_key.clone());
+    Token::new(session, origin)
+        .acquired_at(now)
+        .expires_at(expires)
+        .capped_at(now)
+        .with_aws(creds)
+}
+
+#[async_trait]
+impl Source for AwsWebIdentitySource {
+    #[tracing::instrument(skip_all, fields(source = %self.describe()))]
+    async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
+        let web_token = self.web_identity_token(req).await?;
+        let call = WebIdentityCall {
+            endpoint: &self.endpoint,
+            role_arn: &self.role_arn,
+            session_name: &self.session_name,
+            duration_seconds: self.duration.map(|d| d.as_secs()),
+        };
+        call.send(&self.http, &self.describe(), &web_token).await
     }
     fn kind(&self) -> &'static str {
         "aws-web-identity"
@@ -371,8 +416,7 @@ mod tests {
         );
         let e = parse_sts_response(200, b"<html>oops</html>").unwrap_err();
         assert!(
-            e.to_string()
-                .contains("without AssumeRoleWithWebIdentityResult"),
+            e.to_string().contains("without an AssumeRole…Result"),
             "{e}"
         );
         let e = parse_sts_response(503, b"busy").unwrap_err();

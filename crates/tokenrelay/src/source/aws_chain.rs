@@ -1,14 +1,12 @@
-//! AWS credentials from the host (`kind = "aws"`), as the AWS SDKs find them after the
-//! environment and web identity: the ECS / EKS Pod Identity container endpoint
+//! AWS credentials from the host, the end of the `kind = "aws"` chain (see
+//! [`AwsSource`](super::aws_run::AwsSource)), as the AWS SDKs find them after the environment
+//! and the profiles: the ECS / EKS Pod Identity container endpoint
 //! (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, or `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` on
 //! `http://169.254.170.2`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN` or `…_TOKEN_FILE` as the
 //! `Authorization` header), else EC2 IMDSv2 (`PUT /latest/api/token`, then the role's
 //! credentials under `/latest/meta-data/iam/security-credentials/`). Both are metadata
 //! endpoints: called directly, never through `HTTP(S)_PROXY`. The credentials sign upstream
 //! requests with `inject = "aws-sigv4"`.
-//!
-//! Not covered here (yet): `~/.aws/config` profiles (`credential_process`,
-//! `web_identity_token_file`, `role_arn` + `source_profile`, `AWS_PROFILE`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +15,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::aws_profile::Chosen;
+use super::aws_run::AwsSource;
 use super::http::{rejected, IdpClient, IdpResponse};
 use super::inputs::SecretInput;
 use super::output::check_token_text;
@@ -227,76 +227,110 @@ impl Source for AwsHostSource {
     }
 }
 
-/// `kind = "aws"`.
+/// `kind = "aws"`: the AWS SDKs' default credential chain.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsHostConfig {
+    /// The profile in `~/.aws/config` / `~/.aws/credentials` (default `AWS_PROFILE`, else
+    /// `default`). Set here, it must exist and the `AWS_ACCESS_KEY_ID` /
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` variables are not used (as `boto3.Session(profile_name=…)`).
+    #[serde(default)]
+    pub profile: Option<String>,
     /// IMDS base URL (default `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else `http://169.254.169.254`).
     #[serde(default)]
     pub imds_endpoint: Option<String>,
-    /// Time limit for one acquisition (default 30s).
+    /// Extra CA certificates (PEM) to trust for STS.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Time limit for one acquisition, `credential_process` included (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
 }
 
-impl AwsHostConfig {
-    /// Builds the source: the container endpoint when its variables are set, else IMDSv2.
-    ///
-    /// # Errors
-    /// A config error naming the variable whose value is unusable.
-    pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
+impl AwsHostSource {
+    /// The container endpoint, when its variables are set.
+    fn container(path: &str, env: &SharedEnv, timeout: Duration) -> Result<Option<Self>> {
         let var = |n: &str| env.var(n).filter(|v| !v.trim().is_empty());
-        let container = match (
+        let url = match (
             var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
             var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
         ) {
-            (_, Some(rel)) if rel.starts_with('/') => Some(format!("{ECS_CREDENTIALS_HOST}{rel}")),
+            (_, Some(rel)) if rel.starts_with('/') => format!("{ECS_CREDENTIALS_HOST}{rel}"),
             (_, Some(_)) => {
                 return Err(Error::config(
                     path,
                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must start with '/'",
                 ))
             }
-            (Some(full), None) => Some(full),
+            (Some(full), None) => full,
+            (None, None) => return Ok(None),
+        };
+        // The token goes there: https, or plain HTTP to loopback / link-local only
+        // (ECS 169.254.170.2, EKS Pod Identity 169.254.170.23).
+        super::http::check_idp_url(&url)
+            .map_err(|e| Error::config(path, format!("AWS_CONTAINER_CREDENTIALS_*_URI: {e}")))?;
+        let auth = match (
+            var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+            var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        ) {
+            (Some(f), _) => Some(SecretInput::File(PathBuf::from(f))),
+            (None, Some(_)) => Some(SecretInput::Env(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
+                env.clone(),
+            )),
             (None, None) => None,
         };
-        let endpoint = match container {
-            Some(url) => {
-                // The token goes there: https, or plain HTTP to loopback / link-local only
-                // (ECS 169.254.170.2, EKS Pod Identity 169.254.170.23).
-                super::http::check_idp_url(&url).map_err(|e| {
-                    Error::config(path, format!("AWS_CONTAINER_CREDENTIALS_*_URI: {e}"))
-                })?;
-                let auth = match (
-                    var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-                    var("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-                ) {
-                    (Some(f), _) => Some(SecretInput::File(PathBuf::from(f))),
-                    (None, Some(_)) => Some(SecretInput::Env(
-                        "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
-                        env.clone(),
-                    )),
-                    (None, None) => None,
-                };
-                Endpoint::Container { url, auth }
-            }
-            None => {
-                let base = self
-                    .imds_endpoint
-                    .clone()
-                    .or_else(|| var("AWS_EC2_METADATA_SERVICE_ENDPOINT"))
-                    .unwrap_or_else(|| IMDS_HOST.into())
-                    .trim_end_matches('/')
-                    .to_owned();
-                super::oauth::check_url(path, "imds_endpoint", &base)?;
-                Endpoint::Imds { base }
-            }
-        };
-        Ok(Arc::new(AwsHostSource {
-            endpoint,
+        Ok(Some(AwsHostSource {
+            endpoint: Endpoint::Container { url, auth },
             // Metadata endpoints answer only to this machine: never through HTTPS_PROXY.
             http: IdpClient::direct(path, None)?,
-            timeout: self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT),
+            timeout,
+        }))
+    }
+
+    /// IMDSv2 at `base` (else `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the link-local address).
+    fn imds(path: &str, base: Option<&str>, env: &SharedEnv, timeout: Duration) -> Result<Self> {
+        let base = base
+            .map(str::to_owned)
+            .or_else(|| env.var("AWS_EC2_METADATA_SERVICE_ENDPOINT"))
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| IMDS_HOST.into())
+            .trim_end_matches('/')
+            .to_owned();
+        super::oauth::check_url(path, "imds_endpoint", &base)?;
+        Ok(AwsHostSource {
+            endpoint: Endpoint::Imds { base },
+            http: IdpClient::direct(path, None)?,
+            timeout,
+        })
+    }
+}
+
+impl AwsHostConfig {
+    /// Builds the chain: environment keys, the profile, then the container endpoint when its
+    /// variables are set, else IMDSv2.
+    ///
+    /// # Errors
+    /// A config error naming the key or variable whose value is unusable.
+    pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
+        let timeout = self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT);
+        let (profile, chosen) = match (&self.profile, env.var("AWS_PROFILE")) {
+            (Some(p), _) if !p.trim().is_empty() => (p.trim().to_owned(), Chosen::Table),
+            (Some(_), _) => return Err(Error::config(format!("{path}.profile"), "is empty")),
+            (None, Some(p)) if !p.trim().is_empty() => (p.trim().to_owned(), Chosen::Env),
+            (None, _) => ("default".to_owned(), Chosen::Default),
+        };
+        Ok(Arc::new(AwsSource {
+            profile,
+            chosen,
+            env: env.clone(),
+            http: IdpClient::with_ca_bundle(
+                &format!("{path}.ca_bundle"),
+                self.ca_bundle.as_deref(),
+            )?,
+            container: AwsHostSource::container(path, env, timeout)?,
+            imds: AwsHostSource::imds(path, self.imds_endpoint.as_deref(), env, timeout)?,
+            timeout,
         }))
     }
 }
@@ -314,7 +348,10 @@ mod tests {
     fn endpoint_choice() {
         let c = AwsHostConfig::default();
         let s = c.build("p", &env(&[])).unwrap();
-        assert_eq!(s.describe(), "aws source (IMDSv2 http://169.254.169.254)");
+        assert_eq!(
+            s.describe(),
+            "aws source (profile default, then IMDSv2 http://169.254.169.254)"
+        );
         let s = c
             .build(
                 "p",
@@ -326,8 +363,15 @@ mod tests {
             .unwrap();
         assert_eq!(
             s.describe(),
-            "aws source (container credentials http://169.254.170.2/v2/credentials/x)"
+            "aws source (profile default, then container credentials http://169.254.170.2/v2/credentials/x)"
         );
+        let s = AwsHostConfig {
+            profile: Some("ci".into()),
+            ..AwsHostConfig::default()
+        }
+        .build("p", &env(&[("AWS_PROFILE", "other")]))
+        .unwrap();
+        assert!(s.describe().starts_with("aws source (profile ci, then"));
         let err = c
             .build(
                 "p",

@@ -300,10 +300,7 @@ impl CommandSource {
 
     fn command(&self, req: &TokenRequest) -> Result<Command> {
         let mut cmd = self.program.process(&self.describe())?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("TOKENRELAY_PROVIDER", req.provider());
+        cmd.env("TOKENRELAY_PROVIDER", req.provider());
         if let Some(scope) = req.scope() {
             cmd.env("TOKENRELAY_SCOPE", scope);
         }
@@ -344,81 +341,128 @@ async fn read_bounded<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
     buf
 }
 
+/// What a finished command left: its exit status and (bounded) output.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// How it ended.
+    pub status: std::process::ExitStatus,
+    /// At most 1 MiB of stdout.
+    pub stdout: Vec<u8>,
+    /// At most 1 MiB of stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` (made by [`Program::process`]: its own process group, killed on drop) with
+/// stdin closed and both outputs captured, for at most `timeout`; on timeout, cancellation or
+/// once it is done, the whole group is killed. The command and plugin-less sources
+/// (`command`, `aws`'s `credential_process`) share it.
+///
+/// # Errors
+/// `origin`: cannot run (naming `path`), or timed out.
+pub(crate) async fn run_captured(
+    mut cmd: Command,
+    origin: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Finished> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (is it installed and on PATH?)"
+        } else {
+            ""
+        };
+        Error::new(
+            origin,
+            ErrorKind::CommandFailed(format!("cannot run `{path}`: {e}{hint}")),
+        )
+    })?;
+    let mut guard = GroupGuard::of(child.id());
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_task = tokio::spawn(async move {
+        match stdout {
+            Some(s) => read_bounded(s).await,
+            None => Vec::new(),
+        }
+    });
+    let err_task = tokio::spawn(async move {
+        match stderr {
+            Some(s) => read_bounded(s).await,
+            None => Vec::new(),
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(Error::new(
+                origin,
+                ErrorKind::CommandFailed(format!("waiting for the command: {e}")),
+            ))
+        }
+        Err(_) => {
+            guard.kill();
+            tracing::debug!("command timed out; process group killed");
+            return Err(Error::new(origin, ErrorKind::Timeout(timeout)));
+        }
+    };
+    // The command is done; a background grandchild may still hold the pipes open.
+    let pipes = async { (out_task.await, err_task.await) };
+    tokio::pin!(pipes);
+    let (out, err) = match tokio::time::timeout(PIPE_GRACE, &mut pipes).await {
+        Ok(r) => r,
+        Err(_) => {
+            guard.kill();
+            pipes.await
+        }
+    };
+    guard.kill();
+    let stdout = out.unwrap_or_default();
+    let stderr = err.unwrap_or_default();
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        status = ?status.code(),
+        stdout_bytes = stdout.len(),
+        "command finished"
+    );
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// `exited with status N` / `was killed by a signal`, then `: DETAIL` when `detail` is not empty.
+pub(crate) fn exit_message(status: std::process::ExitStatus, detail: &str) -> String {
+    let how = match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "was killed by a signal".to_owned(),
+    };
+    if detail.is_empty() {
+        how
+    } else {
+        format!("{how}: {detail}")
+    }
+}
+
 #[async_trait]
 impl Source for CommandSource {
     #[tracing::instrument(skip_all, fields(source = %self.describe()))]
     async fn acquire(&self, req: &TokenRequest) -> Result<Token> {
-        let mut child = self.command(req)?.spawn().map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                " (is it installed and on PATH?)"
-            } else {
-                ""
-            };
-            self.err(ErrorKind::CommandFailed(format!(
-                "cannot run `{}`: {e}{hint}",
-                self.program.path()
-            )))
-        })?;
-        let mut guard = GroupGuard::of(child.id());
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let out_task = tokio::spawn(async move {
-            match stdout {
-                Some(s) => read_bounded(s).await,
-                None => Vec::new(),
-            }
-        });
-        let err_task = tokio::spawn(async move {
-            match stderr {
-                Some(s) => read_bounded(s).await,
-                None => Vec::new(),
-            }
-        });
-        let started = tokio::time::Instant::now();
-        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => {
-                return Err(self.err(ErrorKind::CommandFailed(format!(
-                    "waiting for the command: {e}"
-                ))))
-            }
-            Err(_) => {
-                guard.kill();
-                tracing::debug!("command timed out; process group killed");
-                return Err(self.err(ErrorKind::Timeout(self.timeout)));
-            }
-        };
-        // The command is done; a background grandchild may still hold the pipes open.
-        let pipes = async { (out_task.await, err_task.await) };
-        tokio::pin!(pipes);
-        let (out, err) = match tokio::time::timeout(PIPE_GRACE, &mut pipes).await {
-            Ok(r) => r,
-            Err(_) => {
-                guard.kill();
-                pipes.await
-            }
-        };
-        guard.kill();
-        let stdout = out.unwrap_or_default();
-        let stderr = err.unwrap_or_default();
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            status = ?status.code(),
-            stdout_bytes = stdout.len(),
-            "command finished"
-        );
+        let done = run_captured(
+            self.command(req)?,
+            &self.describe(),
+            &self.program.path(),
+            self.timeout,
+        )
+        .await?;
+        let (status, stdout) = (done.status, done.stdout);
         if !status.success() {
-            let stderr_text = String::from_utf8_lossy(&stderr);
-            let detail = one_line(&stderr_text, 200);
-            let how = match status.code() {
-                Some(code) => format!("exited with status {code}"),
-                None => "was killed by a signal".to_owned(),
-            };
-            let msg = if detail.is_empty() {
-                how
-            } else {
-                format!("{how}: {detail}")
-            };
+            let stderr_text = String::from_utf8_lossy(&done.stderr);
+            let msg = exit_message(status, &one_line(&stderr_text, 200));
             return Err(self.err(ErrorKind::CommandFailed(msg)));
         }
         let text = String::from_utf8(stdout).map_err(|e| {

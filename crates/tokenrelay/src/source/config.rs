@@ -246,6 +246,11 @@ impl SourceConfig {
                 v
             }
             SourceConfig::AwsHost(_) => standard(&[
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_SECURITY_TOKEN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN",
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI",

@@ -15,7 +15,7 @@
 //! | `azure-cli` | [`AzureCliSource`] | `az account get-access-token` |
 //! | `aws-web-identity` | [`AwsWebIdentitySource`] | AWS STS AssumeRoleWithWebIdentity |
 //! | `google` | [`GoogleSource`] | Google Application Default Credentials (files, federation, metadata server) |
-//! | `aws` | [`AwsHostSource`] | AWS container credentials (ECS / EKS Pod Identity) or EC2 IMDSv2 |
+//! | `aws` | [`AwsSource`] | the AWS SDKs' chain: environment keys, `~/.aws` profiles (static keys, `credential_process`, web identity, `role_arn` + `source_profile`), ECS / EKS Pod Identity container credentials, EC2 IMDSv2 |
 //! | `anthropic-federated` | [`AnthropicFederatedSource`] | Anthropic workload identity federation |
 //! | `token-exchange` | [`TokenExchangeSource`] | RFC 8693 token exchange of another source's token |
 //! | `plugin` | [`PluginSource`] | a helper process over JSON-RPC (`providerToken.acquire`) |
@@ -41,6 +41,9 @@ pub mod anthropic;
 pub mod assertion;
 pub mod aws;
 pub mod aws_chain;
+mod aws_ini;
+mod aws_profile;
+mod aws_run;
 mod azure_cli;
 mod command;
 mod config;
@@ -63,6 +66,7 @@ pub mod refresh;
 pub use anthropic::AnthropicFederatedSource;
 pub use aws::AwsWebIdentitySource;
 pub use aws_chain::AwsHostSource;
+pub use aws_run::AwsSource;
 pub use azure_cli::{AzureCliConfig, AzureCliSource};
 pub use command::{CommandSource, Program};
 pub use config::{CommandConfig, EnvConfig, FileConfig, SourceConfig, StaticConfig, SOURCE_KINDS};
