@@ -26,6 +26,11 @@ pub(crate) enum Output {
     Json,
     /// A kubectl `client.authentication.k8s.io/v1` ExecCredential.
     ExecCredential,
+    /// AWS `credential_process` JSON (`Version: 1`, `AccessKeyId`, `SecretAccessKey`,
+    /// `SessionToken`, `Expiration`), for a source that gives AWS credentials (`aws`,
+    /// `aws-web-identity`): `credential_process = tokenrelay token -o credential-process …` in
+    /// `~/.aws/config` lets the AWS CLI and SDKs share tokenrelay's cache.
+    CredentialProcess,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +101,25 @@ fn print(token: &Token, output: Output, kind: &str) -> CmdResult {
             if let Some(exp) = token.expiry() {
                 v["expiresOnTimestamp"] = json!(millis(exp));
                 v["refreshAfterTimestamp"] = json!(millis(refresh_after(token, exp)));
+            }
+            v.to_string()
+        }
+        Output::CredentialProcess => {
+            let aws = token.aws().ok_or_else(|| {
+                Failure::usage(format!(
+                    "-o credential-process needs AWS credentials; a {kind} source gives none"
+                ))
+            })?;
+            let mut v = json!({
+                "Version": 1,
+                "AccessKeyId": aws.access_key_id,
+                "SecretAccessKey": aws.secret_access_key.expose(),
+            });
+            if let Some(t) = &aws.session_token {
+                v["SessionToken"] = json!(t.expose());
+            }
+            if let Some(exp) = token.expiry() {
+                v["Expiration"] = json!(tokenrelay::rfc3339(exp));
             }
             v.to_string()
         }
