@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs tokenrelay's identity sources against real third-party issuers, installed locally:
 #   - oauth2-mock-server (npm) for oauth2 client credentials and the refresh token grant;
-#   - moto_server (PyPI moto[server]) for AWS STS AssumeRoleWithWebIdentity.
+#   - moto_server (PyPI moto[server]) for AWS STS AssumeRoleWithWebIdentity, and, with boto3 /
+#     botocore as the reference, the `aws` source's ~/.aws profiles (e2e/idp/aws-profiles.sh).
 # Tools go to e2e/.tools/ (gitignored); nothing is installed globally. Both servers bind
 # 127.0.0.1 on ephemeral ports. The checks are the #[ignore]d tests in
 # crates/tokenrelay/tests/e2e_idp.rs, which read the server URLs from the environment.
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/../.."
 
 OAUTH2_MOCK_SERVER_VERSION=8.2.3  # 9.x needs node 22; 8.2 runs on node ^20.19
 MOTO_VERSION=5.2.5
+BOTO3_VERSION=1.44.5     # and botocore of the same version: the reference for `kind = "aws"`
 TOOLS="$PWD/e2e/.tools"
 mkdir -p "$TOOLS"
 
@@ -25,15 +27,15 @@ wait_http() { # url, name
   return 1
 }
 
-echo "== installing oauth2-mock-server@$OAUTH2_MOCK_SERVER_VERSION and moto[server]==$MOTO_VERSION into e2e/.tools"
+echo "== installing oauth2-mock-server@$OAUTH2_MOCK_SERVER_VERSION, moto[server]==$MOTO_VERSION and boto3==$BOTO3_VERSION into e2e/.tools"
 if [ ! -x "$TOOLS/node_modules/.bin/oauth2-mock-server" ] ||
    ! grep -q "\"version\": \"$OAUTH2_MOCK_SERVER_VERSION\"" "$TOOLS/node_modules/oauth2-mock-server/package.json"; then
   npm install --prefix "$TOOLS" --no-save --no-audit --no-fund "oauth2-mock-server@$OAUTH2_MOCK_SERVER_VERSION" >/dev/null
 fi
 if [ ! -x "$TOOLS/venv/bin/moto_server" ] ||
-   ! "$TOOLS/venv/bin/python" -c "import moto,sys; sys.exit(moto.__version__ != '$MOTO_VERSION')"; then
+   ! "$TOOLS/venv/bin/python" -c "import moto,boto3,botocore,sys; sys.exit(moto.__version__ != '$MOTO_VERSION' or boto3.__version__ != '$BOTO3_VERSION' or botocore.__version__ != '$BOTO3_VERSION')" 2>/dev/null; then
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+  "$TOOLS/venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION" "botocore==$BOTO3_VERSION"
 fi
 
 PIDS=()
@@ -57,4 +59,6 @@ TOKENRELAY_E2E_OAUTH_ISSUER=$(curl -fsS "$TOKENRELAY_E2E_OAUTH_URL/.well-known/o
 export TOKENRELAY_E2E_OAUTH_ISSUER
 echo "== oauth2-mock-server at $TOKENRELAY_E2E_OAUTH_URL, moto_server at $TOKENRELAY_E2E_STS_URL"
 cargo test -p tokenrelay --test e2e_idp -- --ignored --nocapture --test-threads 1
+echo "== kind = \"aws\" profiles against moto, with boto3 $BOTO3_VERSION as the reference, and through serve"
+bash e2e/idp/aws-profiles.sh
 echo "== e2e/idp: all checks passed"
