@@ -204,7 +204,9 @@ aws_secret_access_key = {k1["SecretAccessKey"]}
                  f'aws_service = "sts"\naws_region = "us-east-1"\n']
         if listen:
             lines.append(f'listen = "127.0.0.1:{listen}"\n')
-        lines.append(f'[provider.source]\nkind = "aws"\nprofile = "{profile}"\ntimeout = "10s"\n')
+        lines.append('[provider.source]\nkind = "aws"\ntimeout = "10s"\n')
+        if profile:
+            lines.append(f'profile = "{profile}"\n')
         return "".join(lines)
 
     def config_file(name, *providers):
@@ -233,6 +235,28 @@ aws_secret_access_key = {k1["SecretAccessKey"]}
         check(boto_arn == tr_arn, f"profile {profile}: boto3 {boto_arn} != tokenrelay {tr_arn}")
         check(tr_arn.endswith(want_kind), f"profile {profile}: {tr_arn} is not *{want_kind}")
         print(f"verified: profile {profile}: boto3 and tokenrelay token both get credentials whose GetCallerIdentity is {tr_arn}")
+
+    # the order: environment keys beat AWS_PROFILE, but not a profile named in code / the table
+    # (boto3.Session(profile_name=...) is what the table's `profile` key mirrors)
+    cfg_order = config_file("order", provider("order-env", None), provider("order-table", "role"))
+    order_env = dict(env, AWS_ACCESS_KEY_ID=k2["AccessKeyId"], AWS_SECRET_ACCESS_KEY=k2["SecretAccessKey"], AWS_PROFILE="role")
+    saved = dict(os.environ)
+    os.environ.update(order_env)
+    try:
+        boto_env = boto3.Session().client("sts").get_caller_identity()["Arn"]
+        boto_table = boto3.Session(profile_name="role").client("sts").get_caller_identity()["Arn"]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    for name, boto_arn in [("order-env", boto_env), ("order-table", boto_table)]:
+        r = subprocess.run([binary, "token", "--config", cfg_order, "--provider", name, "-o", "credential-process", "--no-cache"],
+                           env=order_env, capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0, f"tokenrelay token {name}: {r.stderr.strip()}")
+        tr_arn = arn_with(json.loads(r.stdout), sts)
+        check(tr_arn == boto_arn, f"{name}: boto3 {boto_arn} != tokenrelay {tr_arn}")
+    check(boto_env.endswith(":user/e2e-profiles") and ":assumed-role/" in boto_table, f"{boto_env} {boto_table}")
+    print(f"verified: order as botocore: env keys + AWS_PROFILE=role -> {boto_env}; profile = \"role\" in the table "
+          f"(boto3.Session(profile_name=\"role\")) with the same env keys -> {boto_table}")
 
     # --- part 2: moto checks every signature from here on
     moto_auth(sts, "0")
