@@ -271,3 +271,29 @@ async fn assume_role_is_signed_with_the_source_profile() {
     );
     assert!(!e.contains("basesecret"));
 }
+
+#[tokio::test]
+async fn the_fingerprint_follows_the_files() {
+    use tokenrelay::source::Fingerprint;
+    let home = Home::new(
+        "[profile ci]\n",
+        "[ci]\naws_access_key_id = AKIAFIRST\naws_secret_access_key = s1\n",
+    );
+    let s = source(&home, "profile = \"ci\"", &[]);
+    let fp = |s: &dyn tokenrelay::Source| {
+        let mut f = Fingerprint::new(b"k");
+        s.fingerprint(&mut f).unwrap();
+        f.finish()
+    };
+    let first = fp(s.as_ref());
+    assert_eq!(first, fp(s.as_ref()));
+    // a rotated key in the credentials file is a new cache entry for the helper
+    home.write(
+        "[profile ci]\n",
+        "[ci]\naws_access_key_id = AKIAFIRST\naws_secret_access_key = s2\n",
+    );
+    assert_ne!(first, fp(s.as_ref()));
+    // and so is another profile
+    let other = source(&home, "profile = \"other\"", &[]);
+    assert_ne!(fp(s.as_ref()), fp(other.as_ref()));
+}
