@@ -199,6 +199,14 @@ impl Resolver<'_> {
         self.files.get(profile, key).map(|(v, _)| v)
     }
 
+    /// The profile's `key`, else (when the environment may be used) the variable `var`.
+    fn key_or_env(&self, profile: &str, key: &str, var: &str, use_env: bool) -> Option<String> {
+        self.get(profile, key)
+            .map(str::to_owned)
+            .or_else(|| use_env.then(|| self.env.var(var)).flatten())
+            .filter(|v| !v.trim().is_empty())
+    }
+
     fn ctx(&self, profile: &str) -> String {
         format!(
             "profile {profile} in {}",
@@ -243,14 +251,12 @@ impl Resolver<'_> {
     fn role(&self, profile: &str, arn: &str, use_env: bool) -> Result<Role, Refusal> {
         let ctx = self.ctx(profile);
         let session_name = self
-            .get(profile, "role_session_name")
-            .map(str::to_owned)
-            .or_else(|| {
-                use_env
-                    .then(|| self.env.var("AWS_ROLE_SESSION_NAME"))
-                    .flatten()
-            })
-            .filter(|s| !s.is_empty())
+            .key_or_env(
+                profile,
+                "role_session_name",
+                "AWS_ROLE_SESSION_NAME",
+                use_env,
+            )
             .unwrap_or_else(|| format!("tokenrelay-{}", self.now_secs));
         let duration_seconds = match self.get(profile, "duration_seconds") {
             None => None,
@@ -273,21 +279,15 @@ impl Resolver<'_> {
     /// botocore's profile providers: web identity, SSO (refused), the credentials file's keys,
     /// `credential_process`, the config file's keys.
     fn profile_chain(&self, profile: &str, use_env: bool) -> Result<Option<Plan>, Refusal> {
-        let token_file = self
-            .get(profile, "web_identity_token_file")
-            .map(str::to_owned)
-            .or_else(|| {
-                use_env
-                    .then(|| self.env.var("AWS_WEB_IDENTITY_TOKEN_FILE"))
-                    .flatten()
-            })
-            .filter(|f| !f.trim().is_empty());
+        let token_file = self.key_or_env(
+            profile,
+            "web_identity_token_file",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            use_env,
+        );
         if let Some(file) = token_file {
             let arn = self
-                .get(profile, "role_arn")
-                .map(str::to_owned)
-                .or_else(|| use_env.then(|| self.env.var("AWS_ROLE_ARN")).flatten())
-                .filter(|a| !a.is_empty())
+                .key_or_env(profile, "role_arn", "AWS_ROLE_ARN", use_env)
                 .ok_or_else(|| {
                     (
                         self.ctx(profile),
