@@ -28,7 +28,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
 
 import boto3
 import botocore

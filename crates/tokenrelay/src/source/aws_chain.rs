@@ -1,5 +1,5 @@
 //! AWS credentials from the host, the end of the `kind = "aws"` chain (see
-//! [`AwsSource`](super::aws_run::AwsSource)), as the AWS SDKs find them after the environment
+//! [`AwsSource`]), as the AWS SDKs find them after the environment
 //! and the profiles: the ECS / EKS Pod Identity container endpoint
 //! (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, or `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` on
 //! `http://169.254.170.2`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN` or `…_TOKEN_FILE` as the
