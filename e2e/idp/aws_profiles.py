@@ -160,6 +160,12 @@ role_arn = {ROLE}
 source_profile = static
 role_session_name = ref-role
 
+[profile chain]
+region = us-east-1
+role_arn = {ROLE}
+source_profile = role
+role_session_name = ref-chain
+
 [profile wi]
 region = us-east-1
 web_identity_token_file = {wi_token}
@@ -214,7 +220,7 @@ aws_secret_access_key = {k1["SecretAccessKey"]}
         return path
 
     cfg = config_file("reference", provider("ref-static", "static"), provider("ref-proc", "proc"),
-                      provider("ref-role", "role"), provider("ref-wi", "wi"))
+                      provider("ref-role", "role"), provider("ref-chain", "chain"), provider("ref-wi", "wi"))
     cfg_serve = config_file("serve", provider("sts-role", "role", port_role), provider("sts-rot", "rot", port_rot))
     cfg_fail = config_file("fail", provider("refuse-fail", "fail"))
     cfg_missing = config_file("missing", provider("refuse-missing", "nobody"))
@@ -224,7 +230,8 @@ aws_secret_access_key = {k1["SecretAccessKey"]}
 
     # --- part 1: the reference check
     for profile, want_kind in [("static", ":user/e2e-profiles"), ("proc", ":user/e2e-profiles"),
-                               ("role", ":assumed-role/e2e-role/ref-role"), ("wi", ":assumed-role/e2e-role/ref-wi")]:
+                               ("role", ":assumed-role/e2e-role/ref-role"),
+                               ("chain", ":assumed-role/e2e-role/ref-chain"), ("wi", ":assumed-role/e2e-role/ref-wi")]:
         boto_arn = boto3.Session(profile_name=profile).client("sts").get_caller_identity()["Arn"]
         r = tokenrelay("token", "--config", cfg, "--provider", f"ref-{profile}", "-o", "credential-process", "--no-cache")
         check(r.returncode == 0, f"tokenrelay token for profile {profile}: exit {r.returncode}: {r.stderr.strip()}")

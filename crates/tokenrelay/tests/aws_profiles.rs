@@ -297,3 +297,43 @@ async fn the_fingerprint_follows_the_files() {
     let other = source(&home, "profile = \"other\"", &[]);
     assert_ne!(fp(s.as_ref()), fp(other.as_ref()));
 }
+
+#[tokio::test]
+async fn credential_source_ecs_container_signs_the_assume_role() {
+    let fake = FakeIdp::start(|r, _| match r.path.as_str() {
+        "/creds" if r.header("authorization") == Some("ecs-token") => Resp::json(
+            200,
+            serde_json::json!({"AccessKeyId": "ASIACONTAINER", "SecretAccessKey": "cs", "Token": "ct",
+                "Expiration": "2099-01-01T00:00:00Z"}),
+        ),
+        "/sts/"
+            if r.header("authorization").is_some_and(|a| {
+                a.starts_with("AWS4-HMAC-SHA256 Credential=ASIACONTAINER/")
+                    && a.contains("/us-east-1/sts/aws4_request")
+            }) && r.header("x-amz-security-token") == Some("ct") =>
+        {
+            Resp::text(200, "text/xml", ASSUMED)
+        }
+        _ => Resp::text(403, "text/plain", ""),
+    })
+    .await;
+    let home = Home::new(
+        "[profile ecs]\nrole_arn = arn:aws:iam::123456789012:role/bedrock\ncredential_source = EcsContainer\n",
+        "",
+    );
+    let full = fake.url("/creds");
+    let sts = fake.url("/sts/");
+    let s = source(
+        &home,
+        "profile = \"ecs\"",
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-token"),
+            ("AWS_ENDPOINT_URL_STS", &sts),
+        ],
+    );
+    let t = acquire(s.as_ref()).await.unwrap();
+    assert_eq!(t.aws().unwrap().access_key_id, "ASIAROLE");
+    let paths: Vec<String> = fake.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/creds", "/sts/"]);
+}
