@@ -294,8 +294,12 @@ impl Resolver<'_> {
                         "web_identity_token_file needs role_arn (or AWS_ROLE_ARN)".to_owned(),
                     )
                 })?;
+            let mut role = self.role(profile, &arn, use_env)?;
+            if self.get(profile, "web_identity_token_file").is_none() {
+                role.ctx = "environment AWS_WEB_IDENTITY_TOKEN_FILE".into();
+            }
             return Ok(Some(Plan::WebIdentity {
-                role: self.role(profile, &arn, use_env)?,
+                role,
                 token_file: PathBuf::from(file),
             }));
         }

@@ -135,7 +135,7 @@ fn web_identity_from_profile_or_environment() {
     ]);
     assert_eq!(
         plan(&files("", ""), &e, "default", Chosen::Default),
-        "web-identity arn:aws:iam::1:role/eks as tokenrelay-1700000000 from /var/run/eks/token [profile default in /h/.aws/config]"
+        "web-identity arn:aws:iam::1:role/eks as tokenrelay-1700000000 from /var/run/eks/token [environment AWS_WEB_IDENTITY_TOKEN_FILE]"
     );
     assert!(plan(&f, &env(&[]), "norole", Chosen::Table).contains("needs role_arn"));
 }
