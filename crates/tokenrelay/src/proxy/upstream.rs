@@ -20,6 +20,9 @@
 //! environment, where `HTTP_PROXY` can come from a request header): reqwest's rules, so the
 //! identity-provider clients (reqwest, process environment) egress the same way. curl differs:
 //! it prefers the lower-case names and never reads upper-case `HTTP_PROXY`.
+// The feature `bench-hyper-util-client` (bench/ only) sends through hyper-util's client and
+// leaves this pool unused.
+#![cfg_attr(feature = "bench-hyper-util-client", allow(dead_code, unused_imports))]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -104,6 +107,12 @@ struct Pool {
     /// Held while a connection that may become the shared HTTP/2 one is made, so that a burst
     /// of cold requests opens one connection and shares it, instead of one each.
     connecting: tokio::sync::Mutex<()>,
+    /// The feature `bench-hyper-util-client`: hyper-util's pooled client, used instead.
+    #[cfg(feature = "bench-hyper-util-client")]
+    legacy: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<ProxyConnector>,
+        UpstreamBody,
+    >,
 }
 
 /// What the upstream's last new connection negotiated, as [`Pool::proto`] holds it.
@@ -343,6 +352,14 @@ impl UpstreamClient {
                     Proto::Http1
                 } as u8),
                 connecting: tokio::sync::Mutex::new(()),
+                #[cfg(feature = "bench-hyper-util-client")]
+                legacy: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(settings.pool_idle_timeout)
+                    .pool_max_idle_per_host(MAX_IDLE)
+                    .http2_only(settings.h2c)
+                    .build(egress.connector.clone()),
             }),
         }
     }
@@ -420,6 +437,7 @@ impl UpstreamClient {
     /// handshakes, timers) would otherwise make this future, and every future awaiting it up to
     /// the connection's task, several kilobytes larger (~7 KB instead of ~1.3 KB; a test pins
     /// the ratio).
+    #[cfg(not(feature = "bench-hyper-util-client"))]
     pub(crate) async fn send(
         &self,
         mut req: Request<UpstreamBody>,
@@ -450,6 +468,23 @@ impl UpstreamClient {
         Box::pin(self.send_on_new_connection(req)).await
     }
 
+    /// [`send`](Self::send) through hyper-util's pooled client instead of this pool (the
+    /// feature `bench-hyper-util-client`, for bench/ only).
+    #[cfg(feature = "bench-hyper-util-client")]
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        *req.uri_mut() = self.absolute(req.uri());
+        // hyper-util sets `Host` from the URI on HTTP/1.1 and leaves HTTP/2 its `:authority`.
+        req.headers_mut().remove(http::header::HOST);
+        // Its errors wrap hyper's; for the benchmark they all answer as a failed connection.
+        match self.inner.legacy.request(req).await {
+            Ok(resp) => Ok(resp.map(PooledBody::spawned)),
+            Err(e) => Err(SendError::Connect(Box::new(e))),
+        }
+    }
+
     /// The shared HTTP/2 connection, unless there is none or it has closed.
     fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
         lock(&self.inner.h2)
@@ -464,8 +499,9 @@ impl UpstreamClient {
     /// Unless the upstream's last new connection spoke HTTP/1.1, one request at a time
     /// connects: the others wait for it (at most the connect timeout, which bounds its
     /// connection and handshake) and then share its HTTP/2 connection, or, if it turned out
-    /// to be HTTP/1.1, connect side by side. hyper-util's pool does the same for connections
-    /// it knows to be HTTP/2.
+    /// to be HTTP/1.1, connect side by side. (hyper-util's pool gates only a client set to
+    /// HTTP/2 only: given the same cold burst over ALPN, it opens a connection per request;
+    /// `tests/tls.rs` checks ours.)
     async fn send_on_new_connection(
         &self,
         req: Request<UpstreamBody>,
