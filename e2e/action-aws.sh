@@ -112,6 +112,13 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
     export INPUT_UPSTREAM="$BEDROCK" INPUT_LISTEN="127.0.0.1:$port" INPUT_TOKENRELAY="$TOKENRELAY" INPUT_READY_TIMEOUT=20
     timeout 60 bash "$ACTION_DIR/start.sh"
 ) >"$WORK/step1.log" 2>&1 || fail "the action's step (provider aws) failed: $(tail -n 8 "$WORK/step1.log")"
+# A bad role-duration-seconds fails the step with one ::error:: line, before anything starts.
+code=0
+out="$(env GITHUB_ENV="$WORK/bad.env" GITHUB_OUTPUT="$WORK/bad.out" GITHUB_ACTION_PATH="$ACTION_DIR" \
+    ACTIONS_ID_TOKEN_REQUEST_URL=http://127.0.0.1:9/ ACTIONS_ID_TOKEN_REQUEST_TOKEN=x INPUT_PROVIDER=aws \
+    INPUT_ROLE_ARN="$ROLE" INPUT_REGION="$REGION" INPUT_ROLE_DURATION_SECONDS=1h timeout 20 bash "$ACTION_DIR/start.sh" 2>&1)" || code=$?
+[[ $code -ne 0 && "$out" == "::error::tokenrelay (aws): role-duration-seconds must be a number of seconds (got '1h')" ]] ||
+    fail "role-duration-seconds=1h: exit $code, $out"
 pid="$(sed -n 's/^pid=//p' "$runner/output")"
 [[ -n "$pid" ]] || fail "the action set no pid output"
 PIDS+=("$pid")
@@ -149,7 +156,7 @@ PIDS+=("$load_pid")
 mkdir -p "$WORK/home" "$WORK/ws"
 started=$SECONDS
 runs=0
-while ((runs < 3 || SECONDS - started < 3 * LIFETIME_S)) && ((runs < 8)); do
+while ((runs < 3 || SECONDS - started < 3 * LIFETIME_S)) && ((runs < 15)); do
     code=0
     (cd "$WORK/ws" && timeout 90 env -u ANTHROPIC_API_KEY -u ANTHROPIC_AUTH_TOKEN -u AWS_ACCESS_KEY_ID \
         -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE -u AWS_ENDPOINT_URL_STS \
@@ -192,5 +199,9 @@ done
 if grep -rqF -f "$WORK/aws-issued.txt" "$WORK/step1.log" "$runner/env" "$runner/output" "$runner/temp/tokenrelay.log" \
     "$WORK/status.json" "$WORK/metrics.txt" "$WORK"/out-*.txt "$WORK"/err-*.txt; then
     fail "an AWS secret or session token leaked into a step file or log"
+fi
+# Nor the job's OIDC request token (the config the step wrote names no secret at all).
+if grep -rqF -- "$(aws oidc_request_token)" "$WORK/step1.log" "$runner/env" "$runner/output" "$runner/temp"; then
+    fail "the Actions OIDC request token leaked into a step file, the config or the proxy's log"
 fi
 summary "composite action, provider aws (simulated Actions, moto STS, SigV4-checking Bedrock): claude (Bedrock mode) $runs runs + steady client $load over ${elapsed}s, $acq acquisitions of ${LIFETIME_S}s credentials, $ok signed calls accepted, 0 refused, no secret in logs"

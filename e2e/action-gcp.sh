@@ -64,7 +64,6 @@ grep -qxF "::add-mask::$key" "$WORK/step1.log" || fail "the local key was not ma
 for v in ANTHROPIC_VERTEX_BASE_URL=http://127.0.0.1:$port/v1 CLAUDE_CODE_SKIP_VERTEX_AUTH=1 CLOUD_ML_REGION=$REGION; do
     grep -qxF "$v" "$runner/env" || fail "the action did not export $v"
 done
-http post "$URL/__reset" >/dev/null
 
 # 2. The next step: Claude Code in Vertex mode, several runs across token lifetimes, with a
 # steady client beside it.
@@ -97,7 +96,7 @@ PIDS+=("$load_pid")
 mkdir -p "$WORK/home" "$WORK/ws"
 started=$SECONDS
 runs=0
-while ((runs < 3 || SECONDS - started < 3 * LIFETIME_S)) && ((runs < 8)); do
+while ((runs < 3 || SECONDS - started < 3 * LIFETIME_S)) && ((runs < 15)); do
     code=0
     (cd "$WORK/ws" && timeout 90 env -u ANTHROPIC_API_KEY -u ANTHROPIC_AUTH_TOKEN -u GOOGLE_APPLICATION_CREDENTIALS \
         HOME="$WORK/home" XDG_CONFIG_HOME="$WORK/home/.config" CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
@@ -137,5 +136,9 @@ done
 if grep -rqF TKFSECRET "$WORK/step1.log" "$runner/env" "$runner/output" "$runner/temp/tokenrelay.log" \
     "$WORK/status.json" "$WORK/metrics.txt" "$WORK"/out-*.txt "$WORK"/err-*.txt; then
     fail "a Google token leaked into a step file or log"
+fi
+# Nor the job's OIDC request token (the config the step wrote names no secret at all).
+if grep -rqF -- "$(json "$C" 'd["oidc_request_token"]')" "$WORK/step1.log" "$runner/env" "$runner/output" "$runner/temp"; then
+    fail "the Actions OIDC request token leaked into a step file, the config or the proxy's log"
 fi
 summary "composite action, provider gcp (simulated Actions, fake STS + IAM Credentials, Vertex-shaped upstream): claude (Vertex mode) $runs runs + steady client $load over ${elapsed}s, $acq acquisitions of ${LIFETIME_S}s tokens ($oidc OIDC, $sts STS, $iam generateAccessToken), $accepted upstream calls accepted, 0 refused, no token in logs"
