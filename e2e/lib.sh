@@ -150,7 +150,7 @@ ensure_venv() {
 }
 
 # ensure_moto: moto[server] at the pinned version in e2e/.tools/venv (moto_server and, with it,
-# botocore, whose SigV4 signer checks signatures in fixtures/fake-bedrock.py). e2e/idp/run.sh uses
+# botocore, whose SigV4 signer checks signatures in fixtures/fake-aws.py). e2e/idp/run.sh uses
 # it too.
 ensure_moto() {
     local dir="$TOOLS/venv"
