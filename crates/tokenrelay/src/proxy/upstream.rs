@@ -41,7 +41,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -353,7 +353,7 @@ impl UpstreamClient {
                 } as u8),
                 connecting: tokio::sync::Mutex::new(()),
                 #[cfg(feature = "bench-hyper-util-client")]
-                legacy: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                legacy: hyper_util::client::legacy::Client::builder(BoxingExecutor)
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(settings.pool_idle_timeout)
@@ -556,7 +556,7 @@ impl UpstreamClient {
         &self,
         io: UpgradeIo,
     ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        let (tx, conn) = http2::Builder::new(BoxingExecutor)
             .timer(TokioTimer::new())
             .handshake(io)
             .await
@@ -684,6 +684,26 @@ impl UpstreamClient {
             }
             Attempt::Failed(e) => Ok(Err(SendError::Http(e))),
         }
+    }
+}
+
+/// Spawns hyper's HTTP/2 tasks (one or two per request: the request body's pipe, the
+/// response's hand-over) on tokio, boxed first.
+///
+/// tokio keeps a spawned future inline in its task cell unless it is larger than 16 KiB, and
+/// moves it (and rewrites the cell's stage) several times between spawn and completion;
+/// hyper's per-request futures are large, so each move is a large copy. Boxed, the moves are a
+/// pointer's. (The figures are in docs/benchmarks.md, "The TLS path".)
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
     }
 }
 
