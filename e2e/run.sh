@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every end-to-end test with real clients (Copilot CLI proxy and helper faces, OpenAI
 # Python SDK and its Realtime client, the MCP SDK, Codex and Copilot CLI over WebSockets, Copilot
-# SDK, Claude Code (also in Vertex mode), the GitHub Actions composite action, google-auth and the
-# Anthropic federation flow against loopback cloud fakes) and HTTP/2 and HTTP/1.1 over TLS to a
-# real nginx, after building the release binary; then the packages (wheel, npm tarballs, their
-# providers under the OpenAI Python SDK and the Copilot SDK), the container image (buildah +
-# podman), the workflow linters (actionlint, zizmor) and the crates as cargo package builds them.
+# SDK, Claude Code (also in Vertex mode), the GitHub Actions composite action (provider azure
+# with Copilot CLI, aws with Claude Code in Bedrock mode against moto's STS, gcp with Claude Code
+# in Vertex mode), google-auth and the Anthropic federation flow against loopback cloud fakes)
+# and HTTP/2 and HTTP/1.1 over TLS to a real nginx, after building the release binary; then the
+# packages (wheel, npm tarballs, their providers under the OpenAI Python SDK and the Copilot
+# SDK), the container image (buildah + podman), the workflow linters (actionlint, zizmor) and the
+# crates as cargo package builds them.
 # Clients are installed at pinned versions into e2e/.tools/ (kept across runs).
 # Ends with the line `N passed, M failed` (`, K skipped` when some skipped); exits non-zero
 # when any failed.
@@ -14,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TESTS=(copilot-cli-proxy copilot-cli-helper openai-python openai-realtime mcp ws-agents packages copilot-sdk claude-code github-actions action-install nginx-h2 google anthropic-federated claude-code-vertex image workflows crates)
+TESTS=(copilot-cli-proxy copilot-cli-helper openai-python openai-realtime mcp ws-agents packages copilot-sdk claude-code github-actions action-aws action-gcp action-install nginx-h2 google anthropic-federated claude-code-vertex image workflows crates)
 if [[ $# -gt 0 ]]; then
     TESTS=("$@")
 fi

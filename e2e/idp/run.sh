@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 OAUTH2_MOCK_SERVER_VERSION=8.2.3  # 9.x needs node 22; 8.2 runs on node ^20.19
-MOTO_VERSION=5.2.5
-BOTO3_VERSION=1.44.5     # and botocore of the same version: the reference for `kind = "aws"`
-TOOLS="$PWD/e2e/.tools"
+# shellcheck source=e2e/lib.sh
+source e2e/lib.sh # TOOLS, MOTO_VERSION, BOTO3_VERSION and ensure_moto (moto[server], boto3 in e2e/.tools/venv)
+E2E_NAME=idp
 mkdir -p "$TOOLS"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -27,16 +27,12 @@ wait_http() { # url, name
   return 1
 }
 
-echo "== installing oauth2-mock-server@$OAUTH2_MOCK_SERVER_VERSION, moto[server]==$MOTO_VERSION and boto3==$BOTO3_VERSION into e2e/.tools"
+echo "== installing oauth2-mock-server@$OAUTH2_MOCK_SERVER_VERSION and moto[server]==$MOTO_VERSION into e2e/.tools"
 if [ ! -x "$TOOLS/node_modules/.bin/oauth2-mock-server" ] ||
    ! grep -q "\"version\": \"$OAUTH2_MOCK_SERVER_VERSION\"" "$TOOLS/node_modules/oauth2-mock-server/package.json"; then
   npm install --prefix "$TOOLS" --no-save --no-audit --no-fund "oauth2-mock-server@$OAUTH2_MOCK_SERVER_VERSION" >/dev/null
 fi
-if [ ! -x "$TOOLS/venv/bin/moto_server" ] ||
-   ! "$TOOLS/venv/bin/python" -c "import moto,boto3,botocore,sys; sys.exit(moto.__version__ != '$MOTO_VERSION' or boto3.__version__ != '$BOTO3_VERSION' or botocore.__version__ != '$BOTO3_VERSION')" 2>/dev/null; then
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "boto3==$BOTO3_VERSION" "botocore==$BOTO3_VERSION"
-fi
+ensure_moto
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

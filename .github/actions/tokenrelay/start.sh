@@ -40,6 +40,10 @@ aws)
     region="${INPUT_REGION:-${AWS_REGION:-${AWS_DEFAULT_REGION:-}}}"
     need "${INPUT_ROLE_ARN:-${AWS_ROLE_ARN:-}}" "the role-arn input or AWS_ROLE_ARN"
     need "$region" "the region input or AWS_REGION"
+    if [[ -n "${INPUT_ROLE_DURATION_SECONDS:-}" && ! "$INPUT_ROLE_DURATION_SECONDS" =~ ^[1-9][0-9]{0,5}$ ]]; then
+        echo "::error::tokenrelay (aws): role-duration-seconds must be a number of seconds (got '$INPUT_ROLE_DURATION_SECONDS')"
+        exit 1
+    fi
     ;;
 gcp)
     need "${INPUT_WORKLOAD_IDENTITY_PROVIDER:-}" "the workload-identity-provider input"
@@ -95,6 +99,7 @@ opt() { # KEY VALUE: a TOML line when VALUE is set
         opt role_arn "${INPUT_ROLE_ARN:-}"
         echo "region = $(toml "$region")"
         opt role_session_name "${INPUT_ROLE_SESSION_NAME:-}"
+        opt duration "${INPUT_ROLE_DURATION_SECONDS:+${INPUT_ROLE_DURATION_SECONDS}s}"
         echo "[provider.source.web_identity]"
         echo 'kind = "github-oidc"'
         echo "audience = $(toml "${INPUT_AUDIENCE:-sts.amazonaws.com}")"
@@ -108,6 +113,7 @@ opt() { # KEY VALUE: a TOML line when VALUE is set
         echo "workload_identity_provider = $(toml "$INPUT_WORKLOAD_IDENTITY_PROVIDER")"
         opt service_account "${INPUT_SERVICE_ACCOUNT:-}"
         opt token_url "${INPUT_TOKEN_URL:-}"
+        opt iam_credentials_url "${INPUT_IAM_CREDENTIALS_URL:-}"
         if [[ -n "${INPUT_AUDIENCE:-}" ]]; then
             echo "[provider.source.subject]"
             echo 'kind = "github-oidc"'

@@ -85,3 +85,52 @@ async fn an_untrusted_certificate_is_a_json_502() {
     assert!(!msg.contains("tok-tls"), "{msg}");
     assert!(seen.lock().unwrap().is_empty());
 }
+
+/// Concurrent first requests to an HTTPS upstream: with h2 negotiated they share the one
+/// connection the first of them made (one per worker); with http/1.1 only, each opens its own.
+#[tokio::test]
+async fn a_cold_burst_opens_one_h2_connection_per_worker() {
+    for (alpn, expect_one) in [
+        (&[&b"h2"[..], b"http/1.1"][..], true),
+        (&[&b"http/1.1"[..]][..], false),
+    ] {
+        let (up, accepted) =
+            tls_upstream_with(alpn, |req| full(200, format!("{:?}", req.version()))).await;
+        let issuer = Issuer::new("tls", Duration::from_secs(3600));
+        let ca = tls_fixture("ca.pem");
+        let mut opts = ProxyOptions::default();
+        opts.workers = 1;
+        let addr = proxy(
+            &config(up, Some(ca.to_str().unwrap())),
+            vec![Arc::new(IssuerSource(issuer)) as Arc<dyn Source>],
+            opts,
+        )
+        .await;
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let answers = futures_util::future::join_all((0..8).map(|_| {
+            let c = c.clone();
+            async move {
+                let r = c
+                    .get(format!("http://{addr}/v1/models"))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        }))
+        .await;
+        let version = if expect_one { "HTTP/2.0" } else { "HTTP/1.1" };
+        for a in &answers {
+            assert_eq!((a.0, a.1.as_str()), (200, version));
+        }
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        if expect_one {
+            assert_eq!(n, 1, "8 cold requests shared one HTTP/2 connection");
+        } else {
+            assert!(
+                (1..=8).contains(&n),
+                "one HTTP/1.1 connection per request at most"
+            );
+        }
+    }
+}

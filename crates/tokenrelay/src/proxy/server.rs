@@ -424,12 +424,13 @@ fn refuse_connection(stream: TcpStream, max: usize) {
     });
 }
 
-/// The connections of one accept loop, told once to finish gracefully when shutdown begins.
+/// The connections of one accept loop, told to finish gracefully when shutdown begins, or one
+/// by one when the sweeper finds them idle ([`Drain::sweep`]).
 ///
-/// Each connection registers its task's waker once; on shutdown every one is woken and
-/// finds the flag set. A connection's poll costs one atomic load, where hyper-util's
-/// `GracefulShutdown` polls a `watch` channel's change future on every poll (the figure is in
-/// docs/benchmarks.md, "What the proxy's own machinery buys").
+/// Each connection registers its task's waker once; on shutdown every one is woken and finds
+/// the flag set. hyper-util's `GracefulShutdown` cannot take its place: it has one signal for
+/// all connections, and the sealed trait its `watch` takes leaves no room for a second one
+/// (docs/design.md, "The proxy's own machinery, judged on the TLS path").
 #[derive(Default)]
 struct Drain {
     begun: AtomicBool,

@@ -20,9 +20,13 @@
 //! environment, where `HTTP_PROXY` can come from a request header): reqwest's rules, so the
 //! identity-provider clients (reqwest, process environment) egress the same way. curl differs:
 //! it prefers the lower-case names and never reads upper-case `HTTP_PROXY`.
+// The feature `bench-hyper-util-client` (bench/ only) sends through hyper-util's client and
+// leaves this pool unused.
+#![cfg_attr(feature = "bench-hyper-util-client", allow(dead_code, unused_imports))]
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,7 +41,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -98,6 +102,29 @@ struct Pool {
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// What the upstream's last new connection spoke (see [`Proto`]).
+    proto: AtomicU8,
+    /// Held while a connection that may become the shared HTTP/2 one is made, so that a burst
+    /// of cold requests opens one connection and shares it, instead of one each.
+    connecting: tokio::sync::Mutex<()>,
+    /// The feature `bench-hyper-util-client`: hyper-util's pooled client, used instead.
+    #[cfg(feature = "bench-hyper-util-client")]
+    legacy: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<ProxyConnector>,
+        UpstreamBody,
+    >,
+}
+
+/// What the upstream's last new connection negotiated, as [`Pool::proto`] holds it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Proto {
+    /// No connection made yet.
+    Unknown = 0,
+    /// HTTP/1.1: new connections are made side by side, one per request that needs one.
+    Http1 = 1,
+    /// HTTP/2: new connections are made one at a time (see [`Pool::connecting`]).
+    Http2 = 2,
 }
 
 /// A live HTTP/1.1 connection.
@@ -316,6 +343,23 @@ impl UpstreamClient {
                 idle_timeout: settings.pool_idle_timeout,
                 idle: Mutex::new(Vec::new()),
                 h2: Mutex::new(None),
+                // Only TLS negotiates the protocol (ALPN); plain HTTP is HTTP/1.1 unless h2c.
+                proto: AtomicU8::new(if settings.h2c {
+                    Proto::Http2
+                } else if *scheme == http::uri::Scheme::HTTPS {
+                    Proto::Unknown
+                } else {
+                    Proto::Http1
+                } as u8),
+                connecting: tokio::sync::Mutex::new(()),
+                #[cfg(feature = "bench-hyper-util-client")]
+                legacy: hyper_util::client::legacy::Client::builder(BoxingExecutor)
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(settings.pool_idle_timeout)
+                    .pool_max_idle_per_host(MAX_IDLE)
+                    .http2_only(settings.h2c)
+                    .build(egress.connector.clone()),
             }),
         }
     }
@@ -393,16 +437,13 @@ impl UpstreamClient {
     /// handshakes, timers) would otherwise make this future, and every future awaiting it up to
     /// the connection's task, several kilobytes larger (~7 KB instead of ~1.3 KB; a test pins
     /// the ratio).
+    #[cfg(not(feature = "bench-hyper-util-client"))]
     pub(crate) async fn send(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         // A shared HTTP/2 connection.
-        let h2 = lock(&self.inner.h2)
-            .as_ref()
-            .filter(|tx| !tx.is_closed())
-            .cloned();
-        if let Some(tx) = h2 {
+        if let Some(tx) = self.shared_h2() {
             match Box::pin(self.send_h2(tx, req)).await {
                 Ok(sent) => return sent,
                 Err(back) => req = back,
@@ -427,33 +468,135 @@ impl UpstreamClient {
         Box::pin(self.send_on_new_connection(req)).await
     }
 
-    /// Connects (see [`Egress`]) and sends `req` on the new connection, which becomes the
-    /// shared one if it speaks HTTP/2.
-    async fn send_on_new_connection(
+    /// [`send`](Self::send) through hyper-util's pooled client instead of this pool (the
+    /// feature `bench-hyper-util-client`, for bench/ only).
+    #[cfg(feature = "bench-hyper-util-client")]
+    pub(crate) async fn send(
         &self,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        *req.uri_mut() = self.absolute(req.uri());
+        // hyper-util sets `Host` from the URI on HTTP/1.1 and leaves HTTP/2 its `:authority`.
+        req.headers_mut().remove(http::header::HOST);
+        // Its errors wrap hyper's; for the benchmark they all answer as a failed connection.
+        match self.inner.legacy.request(req).await {
+            Ok(resp) => Ok(resp.map(PooledBody::spawned)),
+            Err(e) => Err(SendError::Connect(Box::new(e))),
+        }
+    }
+
+    /// The shared HTTP/2 connection, unless there is none or it has closed.
+    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
+        lock(&self.inner.h2)
+            .as_ref()
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+
+    /// Connects (see [`Egress`]) and sends `req` on the new connection, which becomes the
+    /// shared one if it speaks HTTP/2.
+    ///
+    /// Unless the upstream's last new connection spoke HTTP/1.1, one request at a time
+    /// connects: the others wait for it (at most the connect timeout, which bounds its
+    /// connection and handshake) and then share its HTTP/2 connection, or, if it turned out
+    /// to be HTTP/1.1, connect side by side. (hyper-util's pool gates only a client set to
+    /// HTTP/2 only: given the same cold burst over ALPN, it opens a connection per request;
+    /// `tests/tls.rs` checks ours.)
+    async fn send_on_new_connection(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
         let pool = &self.inner;
-        let io = self.connect_with(&pool.connector).await?;
-        let connected = io.connected();
-        if connected.is_negotiated_h2() || pool.h2c {
-            let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|e| SendError::Connect(Box::new(e)))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        if pool.proto.load(Ordering::Relaxed) == Proto::Http1 as u8 {
+            let io = self.connect_with(&pool.connector).await?;
+            return self.send_on(io, req).await;
+        }
+        // Bounded: behind a connection that hangs until its timeout, the next one in line
+        // connects on its own rather than waiting its turn behind every other.
+        let gate = tokio::time::timeout(pool.connect_timeout, pool.connecting.lock())
+            .await
+            .ok();
+        if let Some(tx) = self.shared_h2() {
+            drop(gate);
+            return match self.send_h2(tx, req).await {
+                Ok(sent) => sent,
+                // It closed meanwhile: connect again (once; a new connection is not retried).
+                Err(req) => {
+                    let io = self.connect_with(&pool.connector).await?;
+                    self.send_on(io, req).await
                 }
-            });
-            *lock(&pool.h2) = Some(tx.clone());
-            *req.uri_mut() = self.absolute(req.uri());
-            // RFC 9113 §8.3.1: the authority goes in `:authority` (from the URI), and a
-            // `Host` beside it is a duplicate that nginx answers with 400.
-            req.headers_mut().remove(http::header::HOST);
-            let resp = tx.send_request(req).await.map_err(SendError::Http)?;
-            return Ok(resp.map(PooledBody::spawned));
+            };
+        }
+        if pool.proto.load(Ordering::Relaxed) == Proto::Http1 as u8 {
+            drop(gate);
+            let io = self.connect_with(&pool.connector).await?;
+            return self.send_on(io, req).await;
+        }
+        let io = self.connect_with(&pool.connector).await?;
+        if !(io.connected().is_negotiated_h2() || pool.h2c) {
+            pool.proto.store(Proto::Http1 as u8, Ordering::Relaxed);
+            drop(gate);
+            return self.send_on(io, req).await;
+        }
+        let tx = tokio::time::timeout(pool.connect_timeout, self.handshake_h2(io))
+            .await
+            .map_err(|_| {
+                SendError::Connect(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no HTTP/2 handshake within {:?}", pool.connect_timeout),
+                )))
+            })??;
+        drop(gate);
+        self.send_h2_new(tx, req).await
+    }
+
+    /// The HTTP/2 handshake on `io`, whose connection task is spawned; the sender becomes the
+    /// shared connection.
+    async fn handshake_h2(
+        &self,
+        io: UpgradeIo,
+    ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
+        let (tx, conn) = http2::Builder::new(BoxingExecutor)
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let pool = &self.inner;
+        pool.proto.store(Proto::Http2 as u8, Ordering::Relaxed);
+        *lock(&pool.h2) = Some(tx.clone());
+        Ok(tx)
+    }
+
+    /// Sends `req` on the HTTP/2 connection `tx` just made.
+    async fn send_h2_new(
+        &self,
+        mut tx: http2::SendRequest<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        *req.uri_mut() = self.absolute(req.uri());
+        // RFC 9113 §8.3.1: the authority goes in `:authority` (from the URI), and a
+        // `Host` beside it is a duplicate that nginx answers with 400.
+        req.headers_mut().remove(http::header::HOST);
+        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
+        Ok(resp.map(PooledBody::spawned))
+    }
+
+    /// Sends `req` on the connection `io` just made: the shared HTTP/2 one if it negotiated
+    /// HTTP/2, else a new HTTP/1.1 connection of the pool.
+    async fn send_on(
+        &self,
+        io: UpgradeIo,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let connected = io.connected();
+        if connected.is_negotiated_h2() || self.inner.h2c {
+            let tx = self.handshake_h2(io).await?;
+            return self.send_h2_new(tx, req).await;
         }
         let proxied = connected.is_proxied();
         // A flat write buffer, as on the client side (see `server::accept_loop`).
@@ -541,6 +684,26 @@ impl UpstreamClient {
             }
             Attempt::Failed(e) => Ok(Err(SendError::Http(e))),
         }
+    }
+}
+
+/// Spawns hyper's HTTP/2 tasks (one or two per request: the request body's pipe, the
+/// response's hand-over) on tokio, boxed first.
+///
+/// tokio keeps a spawned future inline in its task cell unless it is larger than 16 KiB, and
+/// moves it (and rewrites the cell's stage) several times between spawn and completion;
+/// hyper's per-request futures are large, so each move is a large copy. Boxed, the moves are a
+/// pointer's. (The figures are in docs/benchmarks.md, "The TLS path".)
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
     }
 }
 

@@ -276,6 +276,15 @@ pub fn tls_fixture(name: &str) -> std::path::PathBuf {
 pub async fn tls_upstream(
     handler: impl Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
 ) -> SocketAddr {
+    tls_upstream_with(&[b"h2", b"http/1.1"], handler).await.0
+}
+
+/// [`tls_upstream`] offering the protocols `alpn`, and the count of the TLS connections it
+/// accepted.
+pub async fn tls_upstream_with(
+    alpn: &[&[u8]],
+    handler: impl Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(tls_fixture("server.pem"))
@@ -287,7 +296,9 @@ pub async fn tls_upstream(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -297,6 +308,7 @@ pub async fn tls_upstream(
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            count.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let handler = handler.clone();
             tokio::spawn(async move {
@@ -313,7 +325,7 @@ pub async fn tls_upstream(
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// Instants at which a timed SSE upstream sent its events, in order.
