@@ -18,7 +18,7 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::inject::Style;
 use crate::secret::Secret;
-use crate::source::{ProcessEnv, SharedEnv, Source, TokenRequest};
+use crate::source::{ProcessEnv, SharedEnv, Source, SourceConfig, TokenRequest};
 
 /// A validated upstream base URL: `http://` or `https://`, a host, no credentials, no query.
 ///
@@ -342,10 +342,14 @@ impl ProviderSpec {
                 .clone()
                 .or_else(|| env.var("AWS_REGION"))
                 .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                .or_else(|| match &p.source {
+                    SourceConfig::AwsHost(c) => c.profile_region(env),
+                    _ => None,
+                })
                 .ok_or_else(|| {
                     Error::config(
                         format!("{at}.aws_region"),
-                        "inject = \"aws-sigv4\" needs a region (aws_region, or AWS_REGION in the environment)",
+                        "inject = \"aws-sigv4\" needs a region (aws_region, AWS_REGION in the environment, or the aws source's profile's region)",
                     )
                 })?;
             let service = p.aws_service.clone().unwrap_or_else(|| "bedrock".into());

@@ -314,12 +314,7 @@ impl AwsHostConfig {
     /// A config error naming the key or variable whose value is unusable.
     pub fn build(&self, path: &str, env: &SharedEnv) -> Result<Arc<dyn Source>> {
         let timeout = self.timeout.unwrap_or(DEFAULT_SOURCE_TIMEOUT);
-        let (profile, chosen) = match (&self.profile, env.var("AWS_PROFILE")) {
-            (Some(p), _) if !p.trim().is_empty() => (p.trim().to_owned(), Chosen::Table),
-            (Some(_), _) => return Err(Error::config(format!("{path}.profile"), "is empty")),
-            (None, Some(p)) if !p.trim().is_empty() => (p.trim().to_owned(), Chosen::Env),
-            (None, _) => ("default".to_owned(), Chosen::Default),
-        };
+        let (profile, chosen) = self.profile_name(path, env)?;
         Ok(Arc::new(AwsSource {
             profile,
             chosen,
@@ -332,6 +327,33 @@ impl AwsHostConfig {
             imds: AwsHostSource::imds(path, self.imds_endpoint.as_deref(), env, timeout)?,
             timeout,
         }))
+    }
+
+    /// The profile this source reads: the table's `profile`, else `AWS_PROFILE`, else
+    /// `default`, and which of them it was.
+    fn profile_name(&self, path: &str, env: &SharedEnv) -> Result<(String, Chosen)> {
+        Ok(match (&self.profile, env.var("AWS_PROFILE")) {
+            (Some(p), _) if !p.trim().is_empty() => (p.trim().to_owned(), Chosen::Table),
+            (Some(_), _) => return Err(Error::config(format!("{path}.profile"), "is empty")),
+            (None, Some(p)) if !p.trim().is_empty() => (p.trim().to_owned(), Chosen::Env),
+            (None, _) => ("default".to_owned(), Chosen::Default),
+        })
+    }
+
+    /// The `region` of this source's profile in the AWS config file, if it has one: where
+    /// `inject = "aws-sigv4"` signs for when neither `aws_region` nor `AWS_REGION` /
+    /// `AWS_DEFAULT_REGION` says, as the SDKs do. Read once, when the proxy is built (an
+    /// unreadable file is the source's error to report, at its first acquisition).
+    pub fn profile_region(&self, env: &SharedEnv) -> Option<String> {
+        let (profile, _) = self.profile_name("", env).ok()?;
+        let (config, credentials) = super::aws_ini::paths(env);
+        let files = super::aws_ini::AwsFiles::read(config, credentials).ok()?;
+        files
+            .config
+            .get(&profile)
+            .and_then(|s| s.get("region"))
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
     }
 }
 
@@ -386,6 +408,50 @@ mod tests {
             err.contains("only allowed for loopback and link-local"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn signs_for_the_profiles_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-west-2\n[profile ci]\nregion = eu-west-1\n[profile none]\n",
+        )
+        .unwrap();
+        let cfg_path = config.to_str().unwrap();
+        let missing = dir.path().join("credentials");
+        let files = [
+            ("AWS_CONFIG_FILE", cfg_path),
+            ("AWS_SHARED_CREDENTIALS_FILE", missing.to_str().unwrap()),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = files.to_vec();
+            pairs.extend_from_slice(extra);
+            env(&pairs)
+        };
+        let table = |p: &str| AwsHostConfig {
+            profile: Some(p.into()),
+            ..Default::default()
+        };
+        let none = AwsHostConfig::default();
+        assert_eq!(
+            none.profile_region(&with(&[])).as_deref(),
+            Some("us-west-2")
+        );
+        assert_eq!(
+            none.profile_region(&with(&[("AWS_PROFILE", "ci")]))
+                .as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            table("ci")
+                .profile_region(&with(&[("AWS_PROFILE", "none")]))
+                .as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(table("none").profile_region(&with(&[])), None);
+        assert_eq!(table("absent").profile_region(&with(&[])), None);
     }
 
     #[test]
