@@ -7,11 +7,13 @@
 //! 1. removes every credential the caller set (`Authorization`, `api-key`, `x-api-key`, and
 //!    the header it injects) and sets the configured extra headers;
 //! 2. keeps the body in memory when it fits the replay limit (so it can be sent twice);
-//! 3. takes the token from its [`CacheEntry`], refreshing first when less than
+//! 3. takes the token from its [`CacheEntry`](crate::CacheEntry), refreshing first when less than
 //!    `min_remaining` is left, and injects it in the [`Style`] asked for (or signs the request
 //!    with SigV4);
 //! 4. sends it; when the answer's status is one of `retry_on` (401 by default), drops exactly
-//!    the rejected token generation ([`CacheEntry::invalidate_at_most_every`]), takes a fresh
+//!    the rejected token generation
+//!    ([`CacheEntry::invalidate_at_most_every`](crate::CacheEntry::invalidate_at_most_every)),
+//!    takes a fresh
 //!    token, and replays the request once (if its body was kept), else passes the answer on.
 //!
 //! ```no_run
@@ -37,7 +39,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With the `reqwest-middleware` feature, [`InjectMiddleware`] does the same for a
+//! With the `reqwest-middleware` feature, `InjectMiddleware` does the same for a
 //! `reqwest_middleware::ClientWithMiddleware`. The proxy ([`crate::proxy`]) is built from the
 //! same [`Injector`] logic: one instance per provider and worker thread.
 

@@ -324,6 +324,15 @@ impl ProviderSpec {
                 parse_header(k, v).map_err(|m| Error::config(format!("{at}.headers.{k}"), m))?;
             spec.headers.push(h);
         }
+        // A Google source's quota project, unless the table sets the header itself.
+        if let SourceConfig::Google(g) = &p.source {
+            let set = spec.headers.iter().any(|(n, _)| n == "x-goog-user-project");
+            if let Some(q) = g.quota_project(env).filter(|_| !set) {
+                let h = parse_header("x-goog-user-project", &q)
+                    .map_err(|m| Error::config(format!("{at}.source.quota_project"), m))?;
+                spec.headers.push(h);
+            }
+        }
         spec.retry_on = p
             .retry_on
             .iter()
@@ -574,5 +583,63 @@ impl ProxyBuilder {
         }
         let env = self.env.take().unwrap_or_else(|| Arc::new(ProcessEnv));
         Proxy::assemble(self, opts, &env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{EnvSource, MapEnv};
+
+    /// The `x-goog-user-project` a provider with a Google source sends, in the order
+    /// google-auth uses: the table's `quota_project`, `GOOGLE_CLOUD_QUOTA_PROJECT`, the
+    /// credential file's `quota_project_id`; a header the table sets itself wins.
+    #[test]
+    fn a_google_sources_quota_project_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("adc.json");
+        std::fs::write(
+            &file,
+            r#"{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r","quota_project_id":"from-file"}"#,
+        )
+        .unwrap();
+        let build = |provider: &str, source: &str, pairs: &[(&str, &str)]| {
+            let text = format!(
+                "[[provider]]\nname = \"vertex\"\nupstream = \"https://aiplatform.googleapis.com\"\n{provider}[provider.source]\nkind = \"google\"\ncredentials_file = {:?}\n{source}",
+                file.display().to_string()
+            );
+            let cfg = Config::from_toml(&text, "t").unwrap();
+            let env: SharedEnv = Arc::new(MapEnv::from_pairs(pairs.iter().copied()));
+            ProviderSpec::from_config(
+                &cfg.providers[0],
+                "provider vertex",
+                Arc::new(EnvSource::new("X")),
+                &env,
+            )
+        };
+        let sent = |provider: &str, source: &str, pairs: &[(&str, &str)]| -> Vec<String> {
+            build(provider, source, pairs)
+                .unwrap()
+                .headers
+                .iter()
+                .filter(|(n, _)| n == "x-goog-user-project")
+                .map(|(_, v)| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(sent("", "", &[]), ["from-file"]);
+        let var = [("GOOGLE_CLOUD_QUOTA_PROJECT", "from-env")];
+        assert_eq!(sent("", "", &var), ["from-env"]);
+        assert_eq!(
+            sent("", "quota_project = \"from-table\"\n", &var),
+            ["from-table"]
+        );
+        let own = "headers = { \"x-goog-user-project\" = \"own\" }\n";
+        assert_eq!(sent(own, "quota_project = \"from-table\"\n", &var), ["own"]);
+        let err = build("", "quota_project = \"a\\nb\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("provider vertex.source.quota_project"),
+            "{err}"
+        );
     }
 }

@@ -315,14 +315,17 @@ pub struct GoogleConfig {
     /// Time limit for one acquisition, every call included (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// The project billed for the API calls, sent upstream as `x-goog-user-project` (default
+    /// `GOOGLE_CLOUD_QUOTA_PROJECT`, else the credential file's `quota_project_id`).
+    #[serde(default)]
+    pub quota_project: Option<String>,
 }
 
 impl GoogleConfig {
-    fn mode(&self, path: &str, env: &SharedEnv) -> Result<Mode> {
-        if let Some(wip) = &self.workload_identity_provider {
-            return self.federation(path, wip).map(Mode::Federation);
-        }
-        let (file, why) = match &self.credentials_file {
+    /// The credential file the ADC search finds (none: federation from the table, or the
+    /// metadata server), and why it was chosen, for messages.
+    fn credential_file(&self, env: &SharedEnv) -> (Option<PathBuf>, &'static str) {
+        match &self.credentials_file {
             Some(f) => (Some(f.clone()), ""),
             None => match env
                 .var("GOOGLE_APPLICATION_CREDENTIALS")
@@ -334,7 +337,35 @@ impl GoogleConfig {
                 ),
                 None => (well_known_file(env).filter(|p| p.is_file()), ""),
             },
+        }
+    }
+
+    /// The quota project for `x-goog-user-project`, as google-auth picks it: `quota_project`,
+    /// else `GOOGLE_CLOUD_QUOTA_PROJECT`, else the credential file's `quota_project_id`.
+    /// Read once, when the proxy is built; an unreadable file is the source's error to report.
+    pub fn quota_project(&self, env: &SharedEnv) -> Option<String> {
+        let from_file = || {
+            if self.workload_identity_provider.is_some() {
+                return None;
+            }
+            let path = self.credential_file(env).0?;
+            let bytes = super::inputs::read_config_file("", &path).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            v.get("quota_project_id")?.as_str().map(str::to_owned)
         };
+        self.quota_project
+            .clone()
+            .or_else(|| env.var("GOOGLE_CLOUD_QUOTA_PROJECT"))
+            .or_else(from_file)
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+    }
+
+    fn mode(&self, path: &str, env: &SharedEnv) -> Result<Mode> {
+        if let Some(wip) = &self.workload_identity_provider {
+            return self.federation(path, wip).map(Mode::Federation);
+        }
+        let (file, why) = self.credential_file(env);
         match file {
             Some(file) => {
                 let at = format!("{path}: google source{why}");
