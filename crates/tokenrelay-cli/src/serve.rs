@@ -30,8 +30,11 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", value_name = "DURATION")]
     shutdown_grace: Duration,
     /// Speak HTTP/2 with prior knowledge to plain-http upstreams.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "upstream_http1")]
     upstream_h2c: bool,
+    /// Offer only HTTP/1.1 to https upstreams (default: h2 and HTTP/1.1 by ALPN).
+    #[arg(long)]
+    upstream_http1: bool,
     /// Worker threads, each serving its connections start to finish (default: one per CPU).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -90,6 +93,7 @@ fn options(p: &ProxyArgs) -> Result<ProxyOptions, Failure> {
         p.shutdown_grace
     };
     o.upstream_h2c = p.upstream_h2c;
+    o.upstream_http1 = p.upstream_http1;
     o.allowed_hosts.clone_from(&p.allow_hosts);
     o.allowed_origins.clone_from(&p.allow_origins);
     if let Some(n) = p.workers {

@@ -65,6 +65,33 @@ async fn a_ca_bundle_is_trusted_and_h2_is_negotiated() {
 }
 
 #[tokio::test]
+async fn upstream_http1_offers_only_http1_by_alpn() {
+    let (up, seen) = recording_tls_upstream().await;
+    let issuer = Issuer::new("tls", Duration::from_secs(3600));
+    let ca = tls_fixture("ca.pem");
+    let mut opts = ProxyOptions::default();
+    opts.upstream_http1 = true;
+    let addr = proxy(
+        &config(up, Some(ca.to_str().unwrap())),
+        vec![Arc::new(IssuerSource(issuer)) as Arc<dyn Source>],
+        opts,
+    )
+    .await;
+    for _ in 0..3 {
+        let r = reqwest::get(format!("http://{addr}/v1/models"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.0 == http::Version::HTTP_11),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_untrusted_certificate_is_a_json_502() {
     let (up, seen) = recording_tls_upstream().await;
     let issuer = Issuer::new("tls", Duration::from_secs(3600));

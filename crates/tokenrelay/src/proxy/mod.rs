@@ -92,6 +92,10 @@ pub struct ProxyOptions {
     pub shutdown_grace: Duration,
     /// Speak HTTP/2 with prior knowledge to plain-HTTP upstreams (h2c).
     pub upstream_h2c: bool,
+    /// Offer HTTP/1.1 only to HTTPS upstreams (ALPN `http/1.1`), instead of h2 and HTTP/1.1:
+    /// nginx's latency at one request at a time, less throughput under load than one
+    /// multiplexed h2 connection (docs/benchmarks.md, "The TLS path").
+    pub upstream_http1: bool,
     /// Worker threads, each with its own single-threaded runtime, listener socket
     /// (`SO_REUSEPORT`) and upstream connection pool (default: one per CPU, see
     /// [`default_workers`]).
@@ -119,6 +123,7 @@ impl Default for ProxyOptions {
             replay_limit: DEFAULT_REPLAY_LIMIT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             upstream_h2c: false,
+            upstream_http1: false,
             workers: default_workers(),
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
@@ -321,6 +326,7 @@ impl Proxy {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: Duration::from_secs(90),
             h2c: opts.upstream_h2c,
+            http1_only: opts.upstream_http1,
         };
         let egress = upstream::Egress::new(
             settings.connect_timeout,

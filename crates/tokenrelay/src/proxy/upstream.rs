@@ -58,6 +58,8 @@ pub(crate) struct ClientSettings {
     pub pool_idle_timeout: Duration,
     /// HTTP/2 with prior knowledge on plain-HTTP upstreams (h2c).
     pub h2c: bool,
+    /// Offer only HTTP/1.1 to HTTPS upstreams by ALPN.
+    pub http1_only: bool,
 }
 
 /// Idle HTTP/1 connections kept per client at most.
@@ -333,7 +335,11 @@ impl UpstreamClient {
         let host = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
         UpstreamClient {
             inner: Arc::new(Pool {
-                connector: egress.connector.clone(),
+                connector: if settings.http1_only {
+                    egress.http1_connector.clone()
+                } else {
+                    egress.connector.clone()
+                },
                 http1_connector: egress.http1_connector.clone(),
                 scheme: scheme.clone(),
                 authority,
@@ -346,7 +352,7 @@ impl UpstreamClient {
                 // Only TLS negotiates the protocol (ALPN); plain HTTP is HTTP/1.1 unless h2c.
                 proto: AtomicU8::new(if settings.h2c {
                     Proto::Http2
-                } else if *scheme == http::uri::Scheme::HTTPS {
+                } else if *scheme == http::uri::Scheme::HTTPS && !settings.http1_only {
                     Proto::Unknown
                 } else {
                     Proto::Http1
@@ -359,7 +365,11 @@ impl UpstreamClient {
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(MAX_IDLE)
                     .http2_only(settings.h2c)
-                    .build(egress.connector.clone()),
+                    .build(if settings.http1_only {
+                        egress.http1_connector.clone()
+                    } else {
+                        egress.connector.clone()
+                    }),
             }),
         }
     }
@@ -981,6 +991,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 pool_idle_timeout: Duration::from_secs(90),
                 h2c: false,
+                http1_only: false,
             },
             &http::uri::Scheme::HTTP,
             &http::uri::Authority::from_static("127.0.0.1:9"),
