@@ -20,7 +20,7 @@ free_port() {
     return 1
 }
 
-wait_http() { # url seconds [curl options]: until it answers 2xx
+wait_ready() { # url seconds [curl options]: until it answers 2xx
     local url=$1 limit=$2 i
     shift 2
     for ((i = 0; i < limit * 10; i++)); do
