@@ -333,13 +333,14 @@ impl UpstreamClient {
                 .unwrap_or_else(|_| authority.clone());
         // An authority is visible ASCII, always a valid header value.
         let host = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+        let connector = if settings.http1_only {
+            &egress.http1_connector
+        } else {
+            &egress.connector
+        };
         UpstreamClient {
             inner: Arc::new(Pool {
-                connector: if settings.http1_only {
-                    egress.http1_connector.clone()
-                } else {
-                    egress.connector.clone()
-                },
+                connector: connector.clone(),
                 http1_connector: egress.http1_connector.clone(),
                 scheme: scheme.clone(),
                 authority,
@@ -365,11 +366,7 @@ impl UpstreamClient {
                     .pool_idle_timeout(settings.pool_idle_timeout)
                     .pool_max_idle_per_host(MAX_IDLE)
                     .http2_only(settings.h2c)
-                    .build(if settings.http1_only {
-                        egress.http1_connector.clone()
-                    } else {
-                        egress.connector.clone()
-                    }),
+                    .build(connector.clone()),
             }),
         }
     }
