@@ -353,6 +353,16 @@ async fn a_close_right_behind_each_response_is_no_client_visible_error() {
 
 #[tokio::test]
 async fn a_response_dropped_early_closes_its_connection() {
+    response_dropped_early(false).await;
+}
+
+/// Over HTTP/2 the abandoned stream is reset and the shared connection stays.
+#[tokio::test]
+async fn a_response_dropped_early_over_h2c_resets_its_stream() {
+    response_dropped_early(true).await;
+}
+
+async fn response_dropped_early(h2c: bool) {
     let stream_dropped = Arc::new(AtomicBool::new(false));
     let flag = stream_dropped.clone();
     let up = Counting::start(Close::Never, move |req| {
@@ -377,7 +387,7 @@ async fn a_response_dropped_early_closes_its_connection() {
         }
     })
     .await;
-    let addr = proxy_for(&up.url(), |_| {}).await;
+    let addr = proxy_for(&up.url(), |o| o.upstream_h2c = h2c).await;
     let c = client();
     let (status, _) = post(&c, addr, "/warm", String::new()).await;
     assert_eq!(status, 200);
@@ -407,8 +417,9 @@ async fn a_response_dropped_early_closes_its_connection() {
     }
     assert_eq!(
         up.accepted(),
-        2,
-        "one new connection after the dropped response, then reused"
+        if h2c { 1 } else { 2 },
+        "HTTP/1.1: one new connection after the dropped response, then reused; \
+         HTTP/2: the shared connection throughout"
     );
 }
 
@@ -477,6 +488,16 @@ async fn concurrent_requests_open_at_most_one_connection_each_and_are_reused() {
 
 #[tokio::test]
 async fn a_streamed_upload_beyond_the_replay_limit_arrives_whole() {
+    streamed_upload_arrives_whole(false).await;
+}
+
+/// Over HTTP/2 the streamed body goes through the pipe task, within the stream's capacity.
+#[tokio::test]
+async fn a_streamed_upload_over_h2c_arrives_whole() {
+    streamed_upload_arrives_whole(true).await;
+}
+
+async fn streamed_upload_arrives_whole(h2c: bool) {
     const CHUNK: usize = 4 * 1024;
     const CHUNKS: usize = 64;
     const LEN: usize = CHUNK * CHUNKS;
@@ -486,7 +507,11 @@ async fn a_streamed_upload_beyond_the_replay_limit_arrives_whole() {
         full(200, format!("{} {intact}", body.len()))
     })
     .await;
-    let addr = proxy_for(&up.url(), |o| o.replay_limit = 1024).await;
+    let addr = proxy_for(&up.url(), |o| {
+        o.replay_limit = 1024;
+        o.upstream_h2c = h2c;
+    })
+    .await;
     let c = client();
     let upload = || {
         let stream = futures_util::stream::unfold(0usize, |i| async move {

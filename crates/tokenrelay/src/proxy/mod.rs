@@ -30,6 +30,7 @@ pub(crate) mod builder;
 mod coalesce;
 mod forward;
 mod guard;
+mod h2_upstream;
 mod headers;
 mod metrics;
 mod server;

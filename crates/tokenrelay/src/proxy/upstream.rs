@@ -36,14 +36,17 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http1, TrySendError};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+#[cfg(feature = "bench-hyper-util-client")]
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpStream;
 
+use super::h2_upstream::{self, H2Body, H2Conn};
 use crate::error::{Error, Result};
 use crate::source::Env;
 
@@ -103,7 +106,7 @@ struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<Option<H2Conn>>,
     /// What the upstream's last new connection spoke (see [`Proto`]).
     proto: AtomicU8,
     /// Held while a connection that may become the shared HTTP/2 one is made, so that a burst
@@ -154,6 +157,9 @@ pub(crate) enum SendError {
     /// The connection failed while the request was sent or the response head read.
     #[error("{0}")]
     Http(#[source] hyper::Error),
+    /// The same, on an HTTP/2 connection.
+    #[error("{0}")]
+    Http2(#[source] h2::Error),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -493,10 +499,10 @@ impl UpstreamClient {
     }
 
     /// The shared HTTP/2 connection, unless there is none or it has closed.
-    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
+    fn shared_h2(&self) -> Option<H2Conn> {
         lock(&self.inner.h2)
             .as_ref()
-            .filter(|tx| !tx.is_closed())
+            .filter(|conn| !conn.is_closed())
             .cloned()
     }
 
@@ -557,40 +563,31 @@ impl UpstreamClient {
         self.send_h2_new(tx, req).await
     }
 
-    /// The HTTP/2 handshake on `io`, whose connection task is spawned; the sender becomes the
-    /// shared connection.
-    async fn handshake_h2(
-        &self,
-        io: UpgradeIo,
-    ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
-        let (tx, conn) = http2::Builder::new(BoxingExecutor)
-            .timer(TokioTimer::new())
-            .handshake(io)
+    /// The HTTP/2 handshake on `io`, whose connection task is spawned; the connection becomes
+    /// the shared one.
+    async fn handshake_h2(&self, io: UpgradeIo) -> Result<H2Conn, SendError> {
+        let conn = H2Conn::handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
         let pool = &self.inner;
         pool.proto.store(Proto::Http2 as u8, Ordering::Relaxed);
-        *lock(&pool.h2) = Some(tx.clone());
-        Ok(tx)
+        *lock(&pool.h2) = Some(conn.clone());
+        Ok(conn)
     }
 
-    /// Sends `req` on the HTTP/2 connection `tx` just made.
+    /// Sends `req` on the HTTP/2 connection `conn` just made.
     async fn send_h2_new(
         &self,
-        mut tx: http2::SendRequest<UpstreamBody>,
-        mut req: Request<UpstreamBody>,
+        conn: H2Conn,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        *req.uri_mut() = self.absolute(req.uri());
-        // RFC 9113 §8.3.1: the authority goes in `:authority` (from the URI), and a
-        // `Host` beside it is a duplicate that nginx answers with 400.
-        req.headers_mut().remove(http::header::HOST);
-        let resp = tx.send_request(req).await.map_err(SendError::Http)?;
-        Ok(resp.map(PooledBody::spawned))
+        match self.send_h2(conn, req).await {
+            Ok(sent) => sent,
+            Err(_) => Err(SendError::Connect(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the upstream closed the new HTTP/2 connection before the request was sent",
+            )))),
+        }
     }
 
     /// Sends `req` on the connection `io` just made: the shared HTTP/2 one if it negotiated
@@ -629,11 +626,12 @@ impl UpstreamClient {
     fn response(&self, resp: Response<Incoming>, h1: Box<H1>) -> Response<PooledBody> {
         let client = self.clone();
         resp.map(|inner| {
+            let ended = inner.is_end_stream();
             let mut body = PooledBody {
-                inner,
+                inner: Inner::Http1(inner),
                 h1: Some((client, h1)),
             };
-            if body.inner.is_end_stream() {
+            if ended {
                 body.release();
             }
             body
@@ -666,44 +664,41 @@ impl UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Sends `req` (origin-form) on the shared HTTP/2 connection `tx`; hands the request back
-    /// (origin-form again) when it was not sent (the connection is closing), so that another
+    /// Sends `req` (origin-form) on the shared HTTP/2 connection `conn`; hands the request
+    /// back (untouched) when it was not sent (the connection is closing), so that another
     /// connection can take it.
     async fn send_h2(
         &self,
-        mut tx: http2::SendRequest<UpstreamBody>,
+        conn: H2Conn,
         mut req: Request<UpstreamBody>,
     ) -> std::result::Result<Result<Response<PooledBody>, SendError>, Request<UpstreamBody>> {
-        if tx.ready().await.is_err() {
+        let Some(mut tx) = conn.ready().await else {
             return Err(req);
-        }
+        };
         *req.uri_mut() = self.absolute(req.uri());
-        // `:authority` only (see `send_on_new_connection`).
-        let host = req.headers_mut().remove(http::header::HOST);
-        match Attempt::of(tx.try_send_request(req).await) {
-            Attempt::Done(resp) => Ok(Ok(resp.map(PooledBody::spawned))),
-            Attempt::Again(mut r) => {
-                *r.uri_mut() = origin_form(r.uri());
-                if let Some(host) = host {
-                    r.headers_mut().insert(http::header::HOST, host);
-                }
-                Err(r)
-            }
-            Attempt::Failed(e) => Ok(Err(SendError::Http(e))),
-        }
+        // RFC 9113 §8.3.1: the authority goes in `:authority` (from the URI), and a `Host`
+        // beside it is a duplicate that nginx answers with 400.
+        req.headers_mut().remove(http::header::HOST);
+        Ok(h2_upstream::send(&mut tx, req)
+            .await
+            .map(|resp| resp.map(PooledBody::h2))
+            .map_err(SendError::Http2))
     }
 }
 
 /// Spawns hyper's HTTP/2 tasks (one or two per request: the request body's pipe, the
-/// response's hand-over) on tokio, boxed first.
+/// response's hand-over) on tokio, boxed first: for hyper-util's client under the feature
+/// `bench-hyper-util-client` (the pool's own HTTP/2 side is `h2_upstream`).
 ///
 /// tokio keeps a spawned future inline in its task cell unless it is larger than 16 KiB, and
 /// moves it (and rewrites the cell's stage) several times between spawn and completion;
 /// hyper's per-request futures are large, so each move is a large copy. Boxed, the moves are a
 /// pointer's. (The figures are in docs/benchmarks.md, "The TLS path".)
+#[cfg(feature = "bench-hyper-util-client")]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct BoxingExecutor;
 
+#[cfg(feature = "bench-hyper-util-client")]
 impl<F> hyper::rt::Executor<F> for BoxingExecutor
 where
     F: Future + Send + 'static,
@@ -722,15 +717,42 @@ pub(crate) fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// A response body. On HTTP/1.1 it drives its connection as it is polled (see
-/// [`UpstreamClient`]) and returns it to the pool once read to the end.
+/// [`UpstreamClient`]) and returns it to the pool once read to the end; on HTTP/2 it reads its
+/// stream (see [`h2_upstream`]).
 pub(crate) struct PooledBody {
-    inner: Incoming,
+    inner: Inner,
     h1: Option<(UpstreamClient, Box<H1>)>,
 }
 
+enum Inner {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error(transparent)]
+    Http1(hyper::Error),
+    #[error(transparent)]
+    Http2(h2::Error),
+}
+
 impl PooledBody {
+    /// A body fed by a connection that runs as its own task (hyper-util's client).
+    #[cfg(feature = "bench-hyper-util-client")]
     fn spawned(inner: Incoming) -> Self {
-        PooledBody { inner, h1: None }
+        PooledBody {
+            inner: Inner::Http1(inner),
+            h1: None,
+        }
+    }
+
+    fn h2(body: H2Body) -> Self {
+        PooledBody {
+            inner: Inner::Http2(body),
+            h1: None,
+        }
     }
 
     /// Whether the body's connection is driven by its own polls: then `Pending` means the
@@ -748,33 +770,46 @@ impl PooledBody {
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let inner = &mut this.inner;
+        let inner = match &mut this.inner {
+            Inner::Http1(inner) => inner,
+            Inner::Http2(body) => {
+                return Pin::new(body)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|f| f.map_err(BodyError::Http2)));
+            }
+        };
         let polled = match this.h1.as_mut() {
             Some((_, h1)) => drive(&mut h1.conn, cx, |cx| Pin::new(&mut *inner).poll_frame(cx)),
-            None => Pin::new(inner).poll_frame(cx),
+            None => Pin::new(&mut *inner).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => this.release(),
             Poll::Ready(Some(Err(_))) => this.h1 = None,
             Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
-        polled
+        polled.map(|f| f.map(|f| f.map_err(BodyError::Http1)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Http1(b) => b.is_end_stream(),
+            Inner::Http2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Http1(b) => b.size_hint(),
+            Inner::Http2(b) => b.size_hint(),
+        }
     }
 }
 
