@@ -86,8 +86,11 @@ impl H2Conn {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Waits until the connection may open another stream (the upstream's
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS`); `None` when it is closing or has ended.
+    /// A sender for one request; `None` when the connection is closing (a GOAWAY came) or has
+    /// ended, so the request goes to another connection. Each request has its own clone, so
+    /// none waits for another's stream to open: requests beyond the upstream's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` wait in h2's queue of streams to open, within the
+    /// request's `upstream_timeout`.
     pub(crate) async fn ready(&self) -> Option<SendRequest<Bytes>> {
         if self.is_closed() {
             return None;

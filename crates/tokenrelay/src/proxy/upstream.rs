@@ -1,5 +1,6 @@
 //! The proxy's upstream HTTP client: a small connection pool of our own (one per provider and
-//! worker thread, see [`UpstreamClient`]) over hyper's connection API, with a connector that
+//! worker thread, see [`UpstreamClient`]) over hyper's HTTP/1.1 connection API and the `h2`
+//! crate (see [`h2_upstream`](super::h2_upstream)), with a connector that
 //! honours `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` and speaks TLS with rustls.
 //!
 //! A client serves one upstream origin, parsed once at start-up, and is given requests with
@@ -84,7 +85,8 @@ type H1Conn = http1::Connection<hyper_rustls::MaybeHttpsStream<Conn>, UpstreamBo
 /// go. The connection goes back to the pool when its body has been read to the end; a response
 /// dropped early closes it. A request that could not be written on a reused connection
 /// (closed by the upstream meanwhile) is sent on another one. An HTTP/2 connection
-/// (negotiated by ALPN, or h2c) runs as its own task and is shared by all requests.
+/// (negotiated by ALPN, or h2c) runs as its own task and is shared by all requests; each
+/// request's task awaits its own response head and reads its body from the stream.
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
     inner: Arc<Pool>,
