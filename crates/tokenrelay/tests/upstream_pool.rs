@@ -45,6 +45,11 @@ enum Close {
     /// Serve one request with keep-alive, and shut the socket down right behind the response
     /// (in the same flush), without telling the client.
     AfterResponse,
+    /// HTTP/2 with prior knowledge: serve one request, then a graceful GOAWAY.
+    H2GoAway,
+    /// HTTP/2 with prior knowledge: serve one request, then drop the connection shortly after
+    /// (no GOAWAY).
+    H2Drop,
 }
 
 /// A loopback hyper upstream that counts the TCP connections it accepts.
@@ -104,6 +109,22 @@ impl Counting {
                                 .keep_alive(true)
                                 .serve_connection(io, svc)
                                 .await;
+                        }
+                        Close::H2GoAway | Close::H2Drop => {
+                            let mut conn = std::pin::pin!(
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                    .serve_connection(io, svc)
+                            );
+                            tokio::select! {
+                                _ = conn.as_mut() => return,
+                                () = served.notified() => {}
+                            }
+                            if matches!(close, Close::H2GoAway) {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = tokio::time::timeout(TIMEOUT, conn).await;
+                            } else {
+                                let _ = tokio::time::timeout(Duration::from_millis(50), conn).await;
+                            }
                         }
                         Close::Silently => {
                             let mut conn = std::pin::pin!(http1::Builder::new()
@@ -613,8 +634,38 @@ async fn h2c_requests_share_one_connection() {
     assert_eq!(up.accepted(), 1, "one shared HTTP/2 connection");
 }
 
+/// An HTTP/2 connection the upstream ends after each response, with a GOAWAY or by dropping
+/// it: every request still gets its answer, each on a new connection.
+#[tokio::test]
+async fn h2c_connections_ended_by_the_upstream_are_replaced() {
+    for close in [Close::H2GoAway, Close::H2Drop] {
+        let up = Counting::start(close, echo).await;
+        let addr = proxy_for(&up.url(), |o| o.upstream_h2c = true).await;
+        let c = client();
+        for i in 0..4 {
+            assert_eq!(
+                post(&c, addr, "/h", format!("{i}")).await,
+                (200, format!("/h:{i}"))
+            );
+            // Time for the upstream to end the connection and for the proxy to see it.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(up.accepted(), 4, "one connection per request");
+    }
+}
+
 #[tokio::test]
 async fn an_answer_before_the_upload_ends_closes_the_connection_and_nothing_stalls() {
+    answer_before_the_upload_ends(false).await;
+}
+
+/// Over HTTP/2 the stream ends (hyper's server resets it) and the shared connection carries on.
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_over_h2c_stalls_nothing() {
+    answer_before_the_upload_ends(true).await;
+}
+
+async fn answer_before_the_upload_ends(h2c: bool) {
     let up = Counting::start(Close::Never, |req| async move {
         if req.uri().path() == "/upload" {
             // Answer at once, without reading the (slow, streamed) body.
@@ -623,7 +674,11 @@ async fn an_answer_before_the_upload_ends_closes_the_connection_and_nothing_stal
         echo(req).await
     })
     .await;
-    let addr = proxy_for(&up.url(), |o| o.replay_limit = 1024).await;
+    let addr = proxy_for(&up.url(), |o| {
+        o.replay_limit = 1024;
+        o.upstream_h2c = h2c;
+    })
+    .await;
     let c = client();
     let slow = futures_util::stream::unfold(0usize, |i| async move {
         if i == 200 {
@@ -655,7 +710,11 @@ async fn an_answer_before_the_upload_ends_closes_the_connection_and_nothing_stal
             (200, format!("/next:n{i}"))
         );
     }
-    assert!(up.accepted() >= 2, "the half-sent connection was reused");
+    if h2c {
+        assert_eq!(up.accepted(), 1, "the shared HTTP/2 connection carried on");
+    } else {
+        assert!(up.accepted() >= 2, "the half-sent connection was reused");
+    }
 }
 
 /// An upstream that answers a request before reading its body, then keeps its end of the
