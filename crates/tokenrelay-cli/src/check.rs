@@ -1,4 +1,5 @@
-//! `tokenrelay check`: validate the configuration and acquire each provider's token once.
+//! `tokenrelay check`: validate the configuration and acquire each provider's token once (or
+//! only the one `--provider` names).
 
 use std::time::SystemTime;
 
@@ -21,10 +22,16 @@ pub(crate) struct CheckArgs {
 
 pub(crate) async fn run(a: CheckArgs) -> CmdResult {
     let cfg = a.provider.load()?;
+    // `--provider NAME` with a config checks that one provider, as `token` uses that one; an
+    // unknown name is a configuration error listing the configured ones.
+    let chosen = match a.provider.provider.as_deref() {
+        Some(name) if a.provider.config.is_some() => vec![cfg.provider(Some(name))?],
+        _ => cfg.providers.iter().collect(),
+    };
     let env = process_env();
     let mut report = Vec::new();
     let mut failed = 0;
-    for p in &cfg.providers {
+    for p in chosen {
         let at = format!("provider {}.source", p.name);
         let source = p.source.build(&at, &env)?;
         let mut entry = json!({

@@ -230,6 +230,28 @@ fn token_from_config_with_provider() {
         !out.contains("tok-a"),
         "check never prints the token: {out}"
     );
+    // `check --provider a` checks only a: b's variable is unset and would fail.
+    let (code, out, err) = run(bin()
+        .args(["check", "--json", "--provider", "a", "--config"])
+        .arg(&cfg)
+        .env_remove("B_TOKEN"));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let checked: Vec<_> = v["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["provider"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(checked, ["a"]);
+    let (code, _, err) = run(bin()
+        .args(["check", "--provider", "c", "--config"])
+        .arg(&cfg));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no provider named \"c\" (configured: a, b)"),
+        "{err}"
+    );
 }
 
 #[test]
