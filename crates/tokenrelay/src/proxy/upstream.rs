@@ -69,6 +69,11 @@ pub(crate) struct ClientSettings {
 /// Idle HTTP/1 connections kept per client at most.
 const MAX_IDLE: usize = 256;
 
+/// Idle time before TCP keepalive probes on upstream connections (`SO_KEEPALIVE`,
+/// `TCP_KEEPIDLE`; the kernel's probe interval and count apply). Go's `net/http` probes after
+/// 15–30 s; nginx and hyper-util do not by default.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 /// A connection made by [`UpstreamClient::connect_http1`].
 pub(crate) type UpgradeIo = hyper_rustls::MaybeHttpsStream<Conn>;
 
@@ -278,6 +283,9 @@ impl Egress {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        // A long SSE stream or WebSocket relay to an upstream that vanished (a NAT or load
+        // balancer dropped the flow) is noticed by the kernel's probes, not only by timeouts.
+        http.set_keepalive(Some(TCP_KEEPALIVE));
         let connector = ProxyConnector {
             http,
             matcher: matcher.clone(),
@@ -1039,5 +1047,28 @@ mod tests {
             size * 2 < boxed,
             "UpstreamClient::send's future is {size} bytes, the boxed new-connection one {boxed}"
         );
+    }
+
+    /// Upstream connections probe an idle peer (`SO_KEEPALIVE` with `TCP_KEEPIDLE`).
+    #[tokio::test]
+    async fn upstream_connections_have_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let egress = Egress::new(
+            Duration::from_secs(1),
+            tls_config(None).unwrap(),
+            &crate::source::MapEnv(Default::default()),
+        );
+        let mut connector = egress.connector.clone();
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let io = tower_service::Service::call(&mut connector, uri)
+            .await
+            .unwrap();
+        let hyper_rustls::MaybeHttpsStream::Http(conn) = io else {
+            panic!("a plain-HTTP upstream got TLS");
+        };
+        let sock = socket2::SockRef::from(conn.io.inner());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE);
     }
 }
