@@ -92,26 +92,13 @@ PY
 note "fakes vs boto3/botocore: STS issues and refuses as real STS, botocore's signature accepted, a changed body, wrong region, wrong service and expired credentials refused"
 http post "$BEDROCK/__reset" >/dev/null
 
-# 2. The action's step in a simulated runner.
-runner="$WORK/runner"
-mkdir -p "$runner/temp"
-: >"$runner/env"
-: >"$runner/output"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-(
-    export CI=true GITHUB_ACTIONS=true RUNNER_TEMP="$runner/temp" GITHUB_ENV="$runner/env"
-    export GITHUB_OUTPUT="$runner/output" GITHUB_ACTION_PATH="$ACTION_DIR"
-    ACTIONS_ID_TOKEN_REQUEST_URL="$(aws oidc_url)?api-version=2.0"
-    ACTIONS_ID_TOKEN_REQUEST_TOKEN="$(aws oidc_request_token)"
-    export ACTIONS_ID_TOKEN_REQUEST_URL ACTIONS_ID_TOKEN_REQUEST_TOKEN
-    AWS_ENDPOINT_URL_STS="$(aws sts_url)"
-    export AWS_ENDPOINT_URL_STS
-    unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE HTTPS_PROXY HTTP_PROXY ALL_PROXY
-    # the inputs of `uses: ./.github/actions/tokenrelay` `with:`
-    export INPUT_PROVIDER=aws INPUT_ROLE_ARN="$ROLE" INPUT_REGION="$REGION" INPUT_ROLE_DURATION_SECONDS="$LIFETIME_S"
-    export INPUT_UPSTREAM="$BEDROCK" INPUT_LISTEN="127.0.0.1:$port" INPUT_TOKENRELAY="$TOKENRELAY" INPUT_READY_TIMEOUT=20
-    timeout 60 bash "$ACTION_DIR/start.sh"
-) >"$WORK/step1.log" 2>&1 || fail "the action's step (provider aws) failed: $(tail -n 8 "$WORK/step1.log")"
+# 2. The action's step in a simulated runner: the job's OIDC variables, then the inputs of
+# `uses: ./.github/actions/tokenrelay` `with:`.
+action_step "provider aws" ACTIONS_ID_TOKEN_REQUEST_URL="$(aws oidc_url)?api-version=2.0" \
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN="$(aws oidc_request_token)" AWS_ENDPOINT_URL_STS="$(aws sts_url)" \
+    -AWS_ACCESS_KEY_ID -AWS_SECRET_ACCESS_KEY -AWS_SESSION_TOKEN -AWS_PROFILE \
+    INPUT_PROVIDER=aws INPUT_ROLE_ARN="$ROLE" INPUT_REGION="$REGION" INPUT_ROLE_DURATION_SECONDS="$LIFETIME_S" \
+    INPUT_UPSTREAM="$BEDROCK"
 # A bad role-duration-seconds fails the step with one ::error:: line, before anything starts.
 code=0
 out="$(env GITHUB_ENV="$WORK/bad.env" GITHUB_OUTPUT="$WORK/bad.out" GITHUB_ACTION_PATH="$ACTION_DIR" \
@@ -119,9 +106,6 @@ out="$(env GITHUB_ENV="$WORK/bad.env" GITHUB_OUTPUT="$WORK/bad.out" GITHUB_ACTIO
     INPUT_ROLE_ARN="$ROLE" INPUT_REGION="$REGION" INPUT_ROLE_DURATION_SECONDS=1h timeout 20 bash "$ACTION_DIR/start.sh" 2>&1)" || code=$?
 [[ $code -ne 0 && "$out" == "::error::tokenrelay (aws): role-duration-seconds must be a number of seconds (got '1h')" ]] ||
     fail "role-duration-seconds=1h: exit $code, $out"
-pid="$(sed -n 's/^pid=//p' "$runner/output")"
-[[ -n "$pid" ]] || fail "the action set no pid output"
-PIDS+=("$pid")
 key="$(sed -n 's/^TOKENRELAY_LOCAL_KEY=//p' "$runner/env")"
 grep -qxF "::add-mask::$key" "$WORK/step1.log" || fail "the local key was not masked"
 for v in ANTHROPIC_BEDROCK_BASE_URL=http://127.0.0.1:$port CLAUDE_CODE_SKIP_BEDROCK_AUTH=1 AWS_REGION=$REGION; do

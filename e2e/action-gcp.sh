@@ -17,7 +17,6 @@ set -euo pipefail
 # shellcheck source=e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 e2e_init action-gcp
-ACTION_DIR="$ROOT/.github/actions/tokenrelay"
 ensure_claude
 CLAUDE="$TOOLS/claude/node_modules/.bin/claude"
 
@@ -34,31 +33,14 @@ C="$WORK/clouds.json"
 URL="$(json "$C" 'd["url"]')"
 fstats() { http get "$URL/__stats" | json - "$1"; }
 
-# 1. The action's step in a simulated runner.
-runner="$WORK/runner"
-mkdir -p "$runner/temp"
-: >"$runner/env"
-: >"$runner/output"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-(
-    export CI=true GITHUB_ACTIONS=true RUNNER_TEMP="$runner/temp" GITHUB_ENV="$runner/env"
-    export GITHUB_OUTPUT="$runner/output" GITHUB_ACTION_PATH="$ACTION_DIR"
-    export ACTIONS_ID_TOKEN_REQUEST_URL="$URL/oidc?api-version=2.0"
-    ACTIONS_ID_TOKEN_REQUEST_TOKEN="$(json "$C" 'd["oidc_request_token"]')"
-    export ACTIONS_ID_TOKEN_REQUEST_TOKEN
-    unset GOOGLE_APPLICATION_CREDENTIALS CLOUDSDK_CONFIG GCE_METADATA_HOST HTTPS_PROXY HTTP_PROXY ALL_PROXY
-    export HOME="$WORK/runner-home"
-    # the inputs of `uses: ./.github/actions/tokenrelay` `with:`
-    INPUT_WORKLOAD_IDENTITY_PROVIDER="$(json "$C" 'd["wip"]')"
-    INPUT_SERVICE_ACCOUNT="$(json "$C" 'd["sa"]')"
-    export INPUT_PROVIDER=gcp INPUT_WORKLOAD_IDENTITY_PROVIDER INPUT_SERVICE_ACCOUNT INPUT_REGION="$REGION"
-    export INPUT_TOKEN_URL="$URL/sts/v1/token" INPUT_IAM_CREDENTIALS_URL="$URL/iam" INPUT_UPSTREAM="$URL"
-    export INPUT_LISTEN="127.0.0.1:$port" INPUT_TOKENRELAY="$TOKENRELAY" INPUT_READY_TIMEOUT=20
-    timeout 60 bash "$ACTION_DIR/start.sh"
-) >"$WORK/step1.log" 2>&1 || fail "the action's step (provider gcp) failed: $(tail -n 8 "$WORK/step1.log")"
-pid="$(sed -n 's/^pid=//p' "$runner/output")"
-[[ -n "$pid" ]] || fail "the action set no pid output"
-PIDS+=("$pid")
+# 1. The action's step in a simulated runner: the job's OIDC variables, then the inputs of
+# `uses: ./.github/actions/tokenrelay` `with:`.
+action_step "provider gcp" ACTIONS_ID_TOKEN_REQUEST_URL="$URL/oidc?api-version=2.0" \
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN="$(json "$C" 'd["oidc_request_token"]')" \
+    -GOOGLE_APPLICATION_CREDENTIALS -CLOUDSDK_CONFIG -GCE_METADATA_HOST HOME="$WORK/runner-home" \
+    INPUT_PROVIDER=gcp INPUT_WORKLOAD_IDENTITY_PROVIDER="$(json "$C" 'd["wip"]')" \
+    INPUT_SERVICE_ACCOUNT="$(json "$C" 'd["sa"]')" INPUT_REGION="$REGION" \
+    INPUT_TOKEN_URL="$URL/sts/v1/token" INPUT_IAM_CREDENTIALS_URL="$URL/iam" INPUT_UPSTREAM="$URL"
 key="$(sed -n 's/^TOKENRELAY_LOCAL_KEY=//p' "$runner/env")"
 grep -qxF "::add-mask::$key" "$WORK/step1.log" || fail "the local key was not masked"
 for v in ANTHROPIC_VERTEX_BASE_URL=http://127.0.0.1:$port/v1 CLAUDE_CODE_SKIP_VERTEX_AUTH=1 CLOUD_ML_REGION=$REGION; do

@@ -40,30 +40,13 @@ done
 gh() { json "$WORK/gh.json" "d[\"$1\"]"; }
 entra_stats() { http get "$(gh authority_host)/__stats" | json - "d[\"$1\"]"; }
 
-# The runner's side of a step: files for GITHUB_ENV / GITHUB_OUTPUT, the job's OIDC variables.
-runner="$WORK/runner"
-mkdir -p "$runner/temp"
-: >"$runner/env"
-: >"$runner/output"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-(
-    export CI=true GITHUB_ACTIONS=true RUNNER_TEMP="$runner/temp" GITHUB_ENV="$runner/env"
-    export GITHUB_OUTPUT="$runner/output" GITHUB_ACTION_PATH="$ACTION_DIR"
-    ACTIONS_ID_TOKEN_REQUEST_URL="$(gh actions_url)"
-    ACTIONS_ID_TOKEN_REQUEST_TOKEN="$(gh actions_token)"
-    export ACTIONS_ID_TOKEN_REQUEST_URL ACTIONS_ID_TOKEN_REQUEST_TOKEN
-    # The inputs of `uses: ./.github/actions/tokenrelay` `with:`
-    INPUT_TENANT_ID="$(gh tenant_id)"
-    INPUT_CLIENT_ID="$(gh client_id)"
-    INPUT_AUTHORITY_HOST="$(gh authority_host)"
-    export INPUT_UPSTREAM="$UPSTREAM" INPUT_TENANT_ID INPUT_CLIENT_ID INPUT_AUTHORITY_HOST
-    export INPUT_SCOPE="$SCOPE" INPUT_AUDIENCE="api://AzureADTokenExchange" INPUT_INJECT=bearer
-    export INPUT_LISTEN="127.0.0.1:$port" INPUT_TOKENRELAY="$TOKENRELAY" INPUT_READY_TIMEOUT=20
-    timeout 60 bash "$ACTION_DIR/start.sh"
-) >"$WORK/step1.log" 2>&1 || fail "the action's step failed: $(tail -n 8 "$WORK/step1.log")"
-pid="$(sed -n 's/^pid=//p' "$runner/output")"
-[[ -n "$pid" ]] || fail "the action set no pid output"
-PIDS+=("$pid")
+# The step, with the job's OIDC variables and the inputs of `uses: ./.github/actions/tokenrelay`
+# `with:`.
+action_step "provider azure" ACTIONS_ID_TOKEN_REQUEST_URL="$(gh actions_url)" \
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN="$(gh actions_token)" INPUT_UPSTREAM="$UPSTREAM" \
+    INPUT_TENANT_ID="$(gh tenant_id)" INPUT_CLIENT_ID="$(gh client_id)" \
+    INPUT_AUTHORITY_HOST="$(gh authority_host)" INPUT_SCOPE="$SCOPE" \
+    INPUT_AUDIENCE="api://AzureADTokenExchange" INPUT_INJECT=bearer
 grep -q '^::add-mask::trl-' "$WORK/step1.log" || fail "the local key was not masked"
 
 # The next step: an agent with the environment the action exported (and nothing else from it).

@@ -344,6 +344,36 @@ wait_http() {
     fail "$1 did not come up"
 }
 
+# action_step WHAT [NAME=VALUE | -NAME]...: runs the composite action's start.sh
+# (.github/actions/tokenrelay) as one step of a simulated Actions runner: GITHUB_ENV,
+# GITHUB_OUTPUT and RUNNER_TEMP are files under $WORK/runner (set as $runner), the proxy listens
+# on a free loopback port (set as $port), with the step's variables: NAME=VALUE exported
+# (the OIDC request variables, the INPUT_* of `with:`), -NAME unset. The step's output goes to
+# $WORK/step1.log; its `pid` output is set as $pid and added to PIDS. WHAT names the step in
+# the failure message.
+action_step() {
+    local what=$1 arg
+    shift
+    runner="$WORK/runner"
+    mkdir -p "$runner/temp"
+    : >"$runner/env"
+    : >"$runner/output"
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    (
+        export CI=true GITHUB_ACTIONS=true RUNNER_TEMP="$runner/temp" GITHUB_ENV="$runner/env"
+        export GITHUB_OUTPUT="$runner/output" GITHUB_ACTION_PATH="$ROOT/.github/actions/tokenrelay"
+        unset HTTPS_PROXY HTTP_PROXY ALL_PROXY
+        export INPUT_LISTEN="127.0.0.1:$port" INPUT_TOKENRELAY="$TOKENRELAY" INPUT_READY_TIMEOUT=20
+        for arg in "$@"; do
+            if [[ $arg == -* ]]; then unset "${arg#-}"; else export "${arg?}"; fi
+        done
+        timeout 60 bash "$GITHUB_ACTION_PATH/start.sh"
+    ) >"$WORK/step1.log" 2>&1 || fail "the action's step ($what) failed: $(tail -n 8 "$WORK/step1.log")"
+    pid="$(sed -n 's/^pid=//p' "$runner/output")"
+    [[ -n "$pid" ]] || fail "the action set no pid output"
+    PIDS+=("$pid")
+}
+
 # copilot_env: environment for a hermetic, offline Copilot CLI run (no GitHub login, no
 # auto-update, its state in the scratch directory). Prints NAME=VALUE lines for `env`.
 copilot_env() {
