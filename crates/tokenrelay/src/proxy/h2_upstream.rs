@@ -105,37 +105,61 @@ pub(crate) async fn send(
     tx: &mut SendRequest<Bytes>,
     req: Request<UpstreamBody>,
 ) -> Result<Response<H2Body>, h2::Error> {
-    let pending = start(tx, req)?;
+    let (pending, pipe) = start(tx, req)?;
+    // Dropped before the response head (the client went away, or `upstream_timeout`): the
+    // streamed body's pipe resets the stream, as hyper's does.
+    let mut cancel = CancelPipe(pipe);
     let resp = pending.await?;
+    cancel.disarm();
     Ok(H2Body::sized(resp.map(H2Body::new)))
 }
 
-/// Opens the stream: HEADERS, and a body in memory with them.
+/// Tells a streamed body's pipe, when dropped armed, to reset its stream.
+struct CancelPipe(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl CancelPipe {
+    /// The response head is in: the pipe goes on with the body.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelPipe {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Opens the stream: HEADERS, and a body in memory with them; a streamed body gets a pipe
+/// task, and the sender that cancels it.
 fn start(
     tx: &mut SendRequest<Bytes>,
     req: Request<UpstreamBody>,
-) -> Result<ResponseFuture, h2::Error> {
+) -> Result<(ResponseFuture, Option<tokio::sync::oneshot::Sender<()>>), h2::Error> {
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     let head = Request::from_parts(parts, ());
     match body {
         Either::Left(full) => match take_full(full) {
-            None => Ok(tx.send_request(head, true)?.0),
+            None => Ok((tx.send_request(head, true)?.0, None)),
             Some(data) => {
                 let (pending, mut stream) = tx.send_request(head, false)?;
                 // Without capacity yet (the stream opens when the connection task next runs),
                 // h2 keeps the data on the stream and sends it right after the HEADERS.
                 stream.send_data(data, true)?;
-                Ok(pending)
+                Ok((pending, None))
             }
         },
         Either::Right(streamed) => {
             if streamed.is_end_stream() {
-                return Ok(tx.send_request(head, true)?.0);
+                return Ok((tx.send_request(head, true)?.0, None));
             }
             let (pending, stream) = tx.send_request(head, false)?;
-            tokio::spawn(Box::pin(pipe(streamed, stream)));
-            Ok(pending)
+            let (cancel, cancelled) = tokio::sync::oneshot::channel();
+            tokio::spawn(Box::pin(pipe(streamed, stream, cancelled)));
+            Ok((pending, Some(cancel)))
         }
     }
 }
@@ -174,10 +198,33 @@ fn strip_connection_headers(h: &mut HeaderMap) {
     }
 }
 
+/// Copies a streamed request body onto `stream` (see [`copy`]), or resets the stream when
+/// `cancelled` fires: the request was dropped before its response head came.
+async fn pipe(
+    mut body: Incoming,
+    mut stream: SendStream<Bytes>,
+    cancelled: tokio::sync::oneshot::Receiver<()>,
+) {
+    let cancelled = async {
+        match cancelled.await {
+            Ok(()) => {}
+            // Disarmed: the response came, the copy goes on.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let reset = tokio::select! {
+        () = copy(&mut body, &mut stream) => false,
+        () = cancelled => true,
+    };
+    if reset {
+        stream.send_reset(Reason::CANCEL);
+    }
+}
+
 /// Copies a streamed request body onto `stream`, within the stream's send capacity (so a
 /// slow upstream holds the client's upload back), then its trailers or the end of stream.
 /// A failed client body resets the stream; a reset from the upstream ends the copy.
-async fn pipe(mut body: Incoming, mut stream: SendStream<Bytes>) {
+async fn copy(body: &mut Incoming, stream: &mut SendStream<Bytes>) {
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
