@@ -102,6 +102,12 @@ impl ProviderArgs {
         })
     }
 
+    /// The provider `--provider` picks out of `--config`'s file; `None` without a file, where
+    /// `--provider` names the one provider the flags define instead.
+    pub fn chosen(&self) -> Option<&str> {
+        self.provider.as_deref().filter(|_| self.config.is_some())
+    }
+
     /// The configuration: the file, or one provider from flags.
     pub fn load(&self) -> Result<Config, Failure> {
         let flag_source = self.flag_source()?;

@@ -24,9 +24,9 @@ pub(crate) async fn run(a: CheckArgs) -> CmdResult {
     let cfg = a.provider.load()?;
     // `--provider NAME` with a config checks that one provider, as `token` uses that one; an
     // unknown name is a configuration error listing the configured ones.
-    let chosen = match a.provider.provider.as_deref() {
-        Some(name) if a.provider.config.is_some() => vec![cfg.provider(Some(name))?],
-        _ => cfg.providers.iter().collect(),
+    let chosen = match a.provider.chosen() {
+        Some(name) => vec![cfg.provider(Some(name))?],
+        None => cfg.providers.iter().collect(),
     };
     let env = process_env();
     let mut report = Vec::new();

@@ -55,12 +55,7 @@ pub(crate) struct TokenArgs {
 pub(crate) async fn run(a: TokenArgs) -> CmdResult {
     let started = SystemTime::now();
     let cfg = a.provider.load()?;
-    let provider = cfg.provider(
-        a.provider
-            .provider
-            .as_deref()
-            .filter(|_| a.provider.config.is_some()),
-    )?;
+    let provider = cfg.provider(a.provider.chosen())?;
     let env = process_env();
     let source = provider
         .source
