@@ -24,8 +24,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
@@ -111,7 +110,7 @@ pub(crate) async fn send(
     let mut cancel = CancelPipe(pipe);
     let resp = pending.await?;
     cancel.disarm();
-    Ok(H2Body::sized(resp.map(H2Body::new)))
+    Ok(H2Body::response(resp))
 }
 
 /// Tells a streamed body's pipe, when dropped armed, to reset its stream.
@@ -139,7 +138,7 @@ fn start(
     req: Request<UpstreamBody>,
 ) -> Result<(ResponseFuture, Option<tokio::sync::oneshot::Sender<()>>), h2::Error> {
     let (mut parts, body) = req.into_parts();
-    strip_connection_headers(&mut parts.headers);
+    super::headers::strip_for_h2(&mut parts.headers);
     let head = Request::from_parts(parts, ());
     match body {
         Either::Left(full) => match take_full(full) {
@@ -172,29 +171,6 @@ fn take_full(full: http_body_util::Full<Bytes>) -> Option<Bytes> {
     match full.as_mut().poll_frame(cx) {
         Poll::Ready(Some(Ok(frame))) => frame.into_data().ok().filter(|d| !d.is_empty()),
         _ => None,
-    }
-}
-
-/// Headers that HTTP/2 forbids (RFC 9113 §8.2.2), which h2 would refuse the request for: the
-/// proxy has stripped the hop-by-hop headers already, so this finds nothing on its path.
-fn strip_connection_headers(h: &mut HeaderMap) {
-    if let Some(listed) = h.remove(CONNECTION) {
-        if let Ok(names) = listed.to_str() {
-            for name in names.split(',') {
-                h.remove(name.trim());
-            }
-        }
-    }
-    for name in [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        h.remove(name);
-    }
-    if h.get(TE).is_some_and(|te| te != "trailers") {
-        h.remove(TE);
     }
 }
 
@@ -290,25 +266,19 @@ pub(crate) struct H2Body {
 }
 
 impl H2Body {
-    fn new(recv: RecvStream) -> Self {
-        H2Body {
-            recv,
-            data_done: false,
-            hint: SizeHint::default(),
-        }
-    }
-
-    /// With the response's `Content-Length`, the body's exact size (as hyper reports it).
-    fn sized(mut resp: Response<H2Body>) -> Response<H2Body> {
+    /// The response with its body, whose exact size is the `Content-Length` if it has one (as
+    /// hyper reports it).
+    fn response(resp: Response<RecvStream>) -> Response<H2Body> {
         let len = resp
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if let Some(n) = len {
-            resp.body_mut().hint = SizeHint::with_exact(n);
-        }
-        resp
+        resp.map(|recv| H2Body {
+            recv,
+            data_done: false,
+            hint: len.map_or_else(SizeHint::default, SizeHint::with_exact),
+        })
     }
 }
 
